@@ -1,0 +1,25 @@
+"""Registration of the LlavaAudio classes with the transformers Auto classes (done once, on import)."""
+
+import transformers
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
+
+from .modeling import LlavaAudioConfig, LlavaAudioForConditionalGeneration, LlavaAudioProcessor
+
+# Auto classes that give the captioner itself: the user's `AutoModel.from_pretrained("org/dali-...")` must
+# caption, so AutoModel maps to the generation class too.
+MODEL_AUTO_CLASSES = [AutoModel, AutoModelForImageTextToText]
+if hasattr(transformers, "AutoModelForMultimodalLM"):
+    MODEL_AUTO_CLASSES.append(transformers.AutoModelForMultimodalLM)
+
+
+def register() -> None:
+    """Register config, model and processor with the Auto classes, and mark them for remote-code saving."""
+    AutoConfig.register(LlavaAudioConfig.model_type, LlavaAudioConfig, exist_ok=True)
+    for auto_class in MODEL_AUTO_CLASSES:
+        auto_class.register(LlavaAudioConfig, LlavaAudioForConditionalGeneration, exist_ok=True)
+    AutoProcessor.register(LlavaAudioConfig, LlavaAudioProcessor, exist_ok=True)
+
+    # `save_pretrained` then copies the modeling/ files and writes `auto_map`.
+    LlavaAudioConfig.register_for_auto_class()
+    LlavaAudioForConditionalGeneration.register_for_auto_class("AutoModel")
+    LlavaAudioProcessor.register_for_auto_class()

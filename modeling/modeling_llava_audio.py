@@ -1,0 +1,466 @@
+"""LlavaAudio: LLaVA-1.5 with an audio encoder whose tokens live in the CLIP token space (DALI).
+
+The image path (vision tower, `multi_modal_projector`, language model, `lm_head`) is LLaVA's, unchanged: image-only
+inputs give exactly what `LlavaForConditionalGeneration` gives. The audio path is
+`audio_tower -> audio_to_vision` (the space that DALI aligns to the CLIP tokens) `-> audio_multi_modal_projector`
+(a separate copy of the image projector, fine-tuned in stage 2), and `prefix_embeddings` are learned input
+embeddings placed wherever the processor put the prefix placeholder.
+"""
+
+import copy
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    MultimodalBaseModelOutputWithPast,
+    MultimodalCausalLMOutputWithPast,
+)
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import select_hidden_states
+
+from .configuration_llava_audio import LlavaAudioConfig
+
+__all__ = [
+    "LlavaAudioPreTrainedModel",
+    "LlavaAudioModel",
+    "LlavaAudioForConditionalGeneration",
+    "LlavaAudioModelOutputWithPast",
+    "LlavaAudioCausalLMOutputWithPast",
+]
+
+
+@dataclass
+class LlavaAudioModelOutputWithPast(MultimodalBaseModelOutputWithPast):
+    """Base model output; `audio_hidden_states` are the projected audio features scattered into the sequence."""
+
+    audio_hidden_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class LlavaAudioCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
+    """Language-model output; `audio_hidden_states` are the projected audio features scattered into the sequence."""
+
+    audio_hidden_states: torch.FloatTensor | None = None
+
+
+class LlavaAudioPreTrainedModel(PreTrainedModel):
+    config: LlavaAudioConfig
+    config_class = LlavaAudioConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "audio", "text")
+    supports_gradient_checkpointing = True
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, LlavaAudioModel):
+            init.normal_(module.prefix_embeddings, mean=0.0, std=1e-4)  # METHOD.md: N(0, 1e-4)
+
+
+class LlavaAudioModel(LlavaAudioPreTrainedModel):
+    """LLaVA's three parts plus `audio_tower`, `audio_to_vision`, `audio_multi_modal_projector`, `prefix_embeddings`."""
+
+    def __init__(self, config: LlavaAudioConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = LlavaMultiModalProjector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+
+        self.audio_tower = build_audio_encoder(config.audio_config)
+        vision_width = config.vision_config.hidden_size * _num_feature_layers(config)
+        self.audio_to_vision = nn.Linear(config.audio_config.hidden_size, vision_width)
+        self.audio_multi_modal_projector = LlavaMultiModalProjector(config)
+        self.prefix_embeddings = nn.Parameter(torch.empty(config.num_prefix_tokens, config.text_config.hidden_size))
+        self.post_init()
+        self.reset_audio_projector()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    @torch.no_grad()
+    def reset_audio_projector(self):
+        """Copy the image projector into the audio projector (its initialisation, METHOD.md section 5)."""
+        self.audio_multi_modal_projector.load_state_dict(self.multi_modal_projector.state_dict())
+
+    # ---- the two token spaces that DALI aligns -------------------------------------------------------------
+
+    @merge_with_config_defaults
+    @select_hidden_states("vision_feature_layer")
+    def get_image_tokens(
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """The vision tower's tokens at `vision_feature_layer` (CLS dropped by the "default" strategy), before the
+        projector: the alignment target. Shape [batch, image tokens, vision width]."""
+        outputs = self.vision_tower(pixel_values, return_dict=True, **kwargs)
+        layers = [vision_feature_layer] if isinstance(vision_feature_layer, int) else vision_feature_layer
+        hidden = [outputs.hidden_states[i] for i in layers]
+        if vision_feature_select_strategy == "default":
+            hidden = [h[:, 1:] for h in hidden]
+        return hidden[0] if len(hidden) == 1 else torch.cat(hidden, dim=-1)
+
+    def get_audio_tokens(
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The audio encoder's tokens mapped to the vision width (`audio_to_vision`), before any projector: the
+        tokens that alignment trains. Shape [batch, audio tokens, vision width]."""
+        kwargs = {}
+        if input_features_mask is not None and self._audio_mask_argument is not None:
+            kwargs[self._audio_mask_argument] = input_features_mask
+        hidden = self.audio_tower(input_features, return_dict=True, **kwargs).last_hidden_state
+        return self.audio_to_vision(hidden)
+
+    @property
+    def _audio_mask_argument(self) -> str | None:
+        parameters = inspect.signature(self.audio_tower.forward).parameters
+        return next((n for n in ("input_features_mask", "attention_mask") if n in parameters), None)
+
+    # ---- features scattered into the language model's input -------------------------------------------------
+
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """LLaVA's image features: image tokens through `multi_modal_projector`, one tensor per image."""
+        kwargs.pop("return_dict", None)
+        tokens = self.get_image_tokens(
+            pixel_values,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            **kwargs,
+        )
+        return BaseModelOutputWithPooling(
+            last_hidden_state=tokens, pooler_output=list(self.multi_modal_projector(tokens))
+        )
+
+    def get_audio_features(
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Audio tokens through `audio_multi_modal_projector`: [batch, audio tokens, text hidden size]."""
+        return self.audio_multi_modal_projector(self.get_audio_tokens(input_features, input_features_mask))
+
+    def get_placeholder_mask(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, token_id: int, features: torch.Tensor
+    ) -> torch.Tensor:
+        """Where `token_id` sits, checked against the number of feature vectors to put there."""
+        if input_ids is None:
+            token_embedding = self.get_input_embeddings()(
+                torch.tensor(token_id, dtype=torch.long, device=inputs_embeds.device)
+            )
+            mask = (inputs_embeds == token_embedding).all(-1)
+        else:
+            mask = input_ids == token_id
+        n_tokens, n_features = int(mask.sum()), features.numel() // features.shape[-1]
+        if n_tokens != n_features:
+            name = {
+                self.config.image_token_id: "image",
+                self.config.audio_token_id: "audio",
+                self.config.prefix_token_id: "prefix",
+            }[token_id]
+            raise ValueError(
+                f"{name} features and {name} placeholder tokens do not match: {n_tokens} tokens (id {token_id}) in "
+                f"input_ids but {n_features} feature vectors. Build the inputs with LlavaAudioProcessor, which "
+                f"expands each <{name}> placeholder to the right count."
+            )
+        return mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
+
+    def _scatter(self, input_ids, inputs_embeds, token_id, features):
+        mask = self.get_placeholder_mask(input_ids, inputs_embeds, token_id, features)
+        return inputs_embeds.masked_scatter(mask, features.to(inputs_embeds.device, inputs_embeds.dtype))
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
+        input_features_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        **kwargs,
+    ) -> LlavaAudioModelOutputWithPast:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if pixel_values is not None and mm_encoder_outputs is not None and "image" in mm_encoder_outputs:
+            raise ValueError("You cannot specify both pixel_values and mm_encoder_outputs at the same time")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        mm_encoder_outputs = dict(mm_encoder_outputs or {})
+        if mm_encoder_outputs.get("image") is None and pixel_values is not None:
+            mm_encoder_outputs["image"] = self.get_image_features(
+                pixel_values,
+                vision_feature_layer=vision_feature_layer,
+                vision_feature_select_strategy=vision_feature_select_strategy,
+            )
+        if mm_encoder_outputs.get("image") is not None:
+            image_features = torch.cat(mm_encoder_outputs["image"].pooler_output, dim=0)
+            inputs_embeds = self._scatter(input_ids, inputs_embeds, self.config.image_token_id, image_features)
+
+        audio_features = None
+        if input_features is not None:
+            audio_features = self.get_audio_features(input_features, input_features_mask)
+            inputs_embeds = self._scatter(input_ids, inputs_embeds, self.config.audio_token_id, audio_features)
+
+        # The prefix belongs to the prompt: scatter it at prefill only, so a generated placeholder stays a token.
+        prefill = cache is None or cache.get_seq_length() == 0
+        if prefill and input_ids is not None and (input_ids == self.config.prefix_token_id).any():
+            n_prefixes = int((input_ids == self.config.prefix_token_id).sum()) // self.config.num_prefix_tokens
+            prefix = self.prefix_embeddings.repeat(max(n_prefixes, 1), 1)
+            inputs_embeds = self._scatter(input_ids, inputs_embeds, self.config.prefix_token_id, prefix)
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        return LlavaAudioModelOutputWithPast(
+            **outputs, image_outputs=mm_encoder_outputs.get("image"), audio_hidden_states=audio_features
+        )
+
+
+class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMixin):
+    """The DALI captioner: [`LlavaAudioModel`] with LLaVA's language-modelling head.
+
+    Inputs may be image only (then it is exactly LLaVA), audio only, or image and audio; a `<prefix>` placeholder in
+    the prompt adds the learned prefix.
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+
+    def __init__(self, config: LlavaAudioConfig):
+        super().__init__(config)
+        self.model = LlavaAudioModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # Every auto class that gives the captioner, for loads through trust_remote_code without dali_hf.
+        entry = f"{_MODULE}.{type(self).__name__}"
+        self.config.auto_map = (getattr(self.config, "auto_map", None) or {}) | {
+            auto_class: entry for auto_class in _CAPTIONER_AUTO_CLASSES
+        }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def get_image_tokens(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
+        """See [`LlavaAudioModel.get_image_tokens`]."""
+        return self.model.get_image_tokens(pixel_values, **kwargs)
+
+    def get_audio_tokens(
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """See [`LlavaAudioModel.get_audio_tokens`]."""
+        return self.model.get_audio_tokens(input_features, input_features_mask)
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        return self.model.get_image_features(pixel_values, **kwargs)
+
+    def get_audio_features(
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.model.get_audio_features(input_features, input_features_mask)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
+        input_features_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        **kwargs,
+    ) -> LlavaAudioCausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            input_features=input_features,
+            input_features_mask=input_features_mask,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            mm_encoder_outputs=mm_encoder_outputs,
+            **kwargs,
+        )
+        hidden_states = slice_logits_to_keep(outputs[0], logits_to_keep)
+        logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        return LlavaAudioCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_outputs=outputs.image_outputs,
+            audio_hidden_states=outputs.audio_hidden_states,
+        )
+
+    @classmethod
+    def from_llava(
+        cls,
+        llava,
+        audio_encoder,
+        num_prefix_tokens: int = 16,
+        processor=None,
+        audio_token_id: int | None = None,
+        prefix_token_id: int | None = None,
+        **kwargs,
+    ) -> "LlavaAudioForConditionalGeneration":
+        """Build the DALI captioner around a LLaVA-1.5 model, keeping every LLaVA weight bit for bit.
+
+        Args:
+            llava: a path / Hub id of a llava-hf checkpoint (legacy weight names load too) or a
+                `LlavaForConditionalGeneration`. Its modules are reused, not copied.
+            audio_encoder: a path / Hub id, a `PreTrainedModel` (its weights are kept) or a `PretrainedConfig`
+                (random weights).
+            num_prefix_tokens: learned prefix length (16 in the paper).
+            processor: a [`LlavaAudioProcessor`] whose placeholder token ids to use. Without it, and without
+                explicit ids, the ids are those `LlavaAudioProcessor.from_llava` assigns to the tokenizer at `llava`.
+            **kwargs: passed to `from_pretrained` for paths (`dtype`, `device_map`, `revision`...).
+        """
+        from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+        if isinstance(llava, str):
+            if processor is None and (audio_token_id is None or prefix_token_id is None):
+                tokenizer = AutoTokenizer.from_pretrained(llava, revision=kwargs.get("revision"))
+                audio_token_id, prefix_token_id = _placeholder_ids_for(tokenizer)
+            llava = LlavaForConditionalGeneration.from_pretrained(llava, **kwargs)
+        if processor is not None:
+            audio_token_id, prefix_token_id = processor.audio_token_id, processor.prefix_token_id
+        if audio_token_id is None or prefix_token_id is None:
+            raise ValueError(
+                "from_llava needs the <audio> and <prefix> token ids when `llava` is a model object: pass "
+                "processor=LlavaAudioProcessor.from_llava(...) or audio_token_id= and prefix_token_id=."
+            )
+        if isinstance(audio_encoder, str):
+            audio_encoder = AutoModel.from_pretrained(audio_encoder, **kwargs)
+        audio_config = audio_encoder if not isinstance(audio_encoder, PreTrainedModel) else audio_encoder.config
+
+        encoder = audio_encoder if isinstance(audio_encoder, PreTrainedModel) else None
+        audio_config = audio_encoder.config if encoder is not None else audio_encoder
+        config = LlavaAudioConfig(
+            vision_config=llava.config.vision_config,
+            text_config=llava.config.text_config,
+            audio_config=audio_config,
+            image_token_id=llava.config.image_token_id,
+            audio_token_id=audio_token_id,
+            prefix_token_id=prefix_token_id,
+            num_prefix_tokens=num_prefix_tokens,
+            **{field: getattr(llava.config, field) for field in _LLAVA_FIELDS},
+        )
+        with torch.device("meta"):
+            model = cls(config)
+        # LLaVA's parts are taken over as they are (no copy); only the audio parts are new.
+        parts = model.model
+        parts.vision_tower = llava.model.vision_tower
+        parts.multi_modal_projector = llava.model.multi_modal_projector
+        parts.language_model = llava.model.language_model
+        model.lm_head = llava.lm_head
+        model.generation_config = llava.generation_config
+
+        device, dtype = llava.lm_head.weight.device, llava.lm_head.weight.dtype
+        if encoder is None:
+            with torch.device(device):
+                encoder = build_audio_encoder(audio_config)
+        elif encoder.base_model is not encoder:  # e.g. an AST classifier: keep its encoder
+            encoder = encoder.base_model
+        if getattr(audio_config, "is_encoder_decoder", False) and hasattr(encoder, "get_encoder"):
+            encoder = encoder.get_encoder()
+        parts.audio_tower = encoder.to(device=device, dtype=dtype)
+        parts.audio_to_vision = nn.Linear(
+            audio_config.hidden_size, parts.audio_to_vision.out_features, device=device, dtype=dtype
+        )
+        model._init_weights(parts.audio_to_vision)
+        parts.audio_multi_modal_projector = copy.deepcopy(parts.multi_modal_projector)
+        parts.prefix_embeddings = nn.Parameter(
+            torch.empty(num_prefix_tokens, config.text_config.hidden_size, device=device, dtype=dtype)
+        )
+        init.normal_(parts.prefix_embeddings, mean=0.0, std=1e-4)
+        still_meta = [name for name, p in model.named_parameters() if p.is_meta]
+        if still_meta:  # a bug here, never a user error
+            raise RuntimeError(f"from_llava left parameters unbuilt: {still_meta[:5]}")
+        return model
+
+
+def build_audio_encoder(audio_config):
+    """The audio tower for `audio_config`: `AutoModel.from_config`, keeping only the encoder of an encoder-decoder."""
+    tower = AutoModel.from_config(audio_config)
+    if getattr(audio_config, "is_encoder_decoder", False):
+        tower = tower.get_encoder()
+    return tower
+
+
+_MODULE = __name__.rsplit(".", 1)[-1]
+_CAPTIONER_AUTO_CLASSES = ("AutoModel", "AutoModelForImageTextToText", "AutoModelForMultimodalLM")
+
+# LLaVA settings that the captioner keeps as they are
+_LLAVA_FIELDS = (
+    "image_seq_length",
+    "projector_hidden_act",
+    "vision_feature_select_strategy",
+    "vision_feature_layer",
+    "multimodal_projector_bias",
+    "tie_word_embeddings",
+)
+
+
+def _num_feature_layers(config) -> int:
+    return 1 if isinstance(config.vision_feature_layer, int) else len(config.vision_feature_layer)
+
+
+def _placeholder_ids_for(tokenizer) -> tuple[int, int]:
+    from .processing_llava_audio import placeholder_token_ids
+
+    return placeholder_token_ids(tokenizer)

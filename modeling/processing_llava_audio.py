@@ -1,0 +1,212 @@
+"""LlavaAudioProcessor: LLaVA's tokenizer and CLIP image processor plus an audio feature extractor."""
+
+import copy
+
+from transformers import AddedToken, AutoFeatureExtractor, AutoProcessor, ProcessorMixin
+from transformers.feature_extraction_utils import BatchFeature
+
+from .configuration_llava_audio import audio_token_count
+
+__all__ = ["LlavaAudioProcessor", "placeholder_token_ids", "CHAT_TEMPLATE", "DEFAULT_PROMPT"]
+
+AUDIO_TOKEN = "<audio>"
+PREFIX_TOKEN = "<prefix>"
+DEFAULT_PROMPT = "Describe the sound that can be heard in this scene."  # the reference code's prompt
+
+# LLaVA-1.5's `llava_v1` template as llava-hf writes it, with audio and prefix placeholders right after the image
+# (METHOD.md: "the prefix sits right after the modality tokens, before the prompt text"). Image-only prompts are
+# exactly LLaVA's: "USER: <image>\n{text} ASSISTANT:".
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] != 'system' -%}{{ message['role'].upper() + ': ' }}{%- endif -%}"
+    "{%- if message['content'] is string -%}{{ message['content'] + ' ' }}{%- else -%}"
+    "{%- set ns = namespace(media=false) -%}"
+    "{%- for content in message['content'] | selectattr('type', 'equalto', 'image') -%}"
+    "{{ '<image>' }}{%- set ns.media = true -%}{%- endfor -%}"
+    "{%- for content in message['content'] | selectattr('type', 'equalto', 'audio') -%}"
+    "{{ '<audio>' }}{%- set ns.media = true -%}{%- endfor -%}"
+    "{%- for content in message['content'] | selectattr('type', 'equalto', 'prefix') -%}"
+    "{{ '<prefix>' }}{%- set ns.media = true -%}{%- endfor -%}"
+    "{%- if ns.media -%}{{ '\n' }}{%- endif -%}"
+    "{%- for content in message['content'] | selectattr('type', 'equalto', 'text') -%}"
+    "{%- if message['role'] == 'assistant' -%}{% generation %}{{ content['text'] + ' ' }}{% endgeneration %}"
+    "{%- else -%}{{ content['text'] + ' ' }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"
+)
+
+
+class LlavaAudioProcessor(ProcessorMixin):
+    r"""
+    Tokenizer + CLIP image processor + audio feature extractor, with the LLaVA-1.5 chat template.
+
+    `processor(text=..., images=..., audio=..., sampling_rate=...)` expands every `<image>` to the image token count,
+    every `<audio>` to `num_audio_tokens` and every `<prefix>` to `num_prefix_tokens`, and returns `input_ids`,
+    `attention_mask`, `pixel_values`, `input_features` and `input_features_mask`. Prompts are padded on the left
+    unless asked otherwise, as generation needs.
+
+    Args:
+        image_processor: LLaVA's CLIP image processor.
+        feature_extractor: the audio encoder's feature extractor.
+        tokenizer: LLaVA's tokenizer, holding the `<image>`, `<audio>` and `<prefix>` tokens.
+        chat_template: defaults to [`CHAT_TEMPLATE`].
+        patch_size, vision_feature_select_strategy, num_additional_image_tokens: as in `LlavaProcessor`.
+        num_audio_tokens: audio encoder tokens per clip.
+        num_prefix_tokens: learned prefix length.
+        default_prompt: the instruction [`caption_prompt`] uses.
+    """
+
+    def __init__(
+        self,
+        image_processor=None,
+        feature_extractor=None,
+        tokenizer=None,
+        chat_template=None,
+        patch_size=None,
+        vision_feature_select_strategy=None,
+        num_additional_image_tokens=0,
+        num_audio_tokens=None,
+        num_prefix_tokens=16,
+        image_token="<image>",
+        audio_token=AUDIO_TOKEN,
+        prefix_token=PREFIX_TOKEN,
+        default_prompt=DEFAULT_PROMPT,
+        **kwargs,
+    ):
+        self.patch_size = patch_size
+        self.vision_feature_select_strategy = vision_feature_select_strategy
+        self.num_additional_image_tokens = num_additional_image_tokens
+        self.num_audio_tokens = num_audio_tokens
+        self.num_prefix_tokens = num_prefix_tokens
+        self.image_token = image_token
+        self.audio_token = audio_token
+        self.prefix_token = prefix_token
+        self.default_prompt = default_prompt
+        for token in (image_token, audio_token, prefix_token):
+            if token not in tokenizer.get_vocab():
+                raise ValueError(
+                    f"The tokenizer has no {token} token. Build the processor with LlavaAudioProcessor.from_llava(...), "
+                    "which adds the audio and prefix placeholders."
+                )
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        self.audio_token_id = tokenizer.convert_tokens_to_ids(audio_token)
+        self.prefix_token_id = tokenizer.convert_tokens_to_ids(prefix_token)
+        super().__init__(
+            image_processor, feature_extractor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE, **kwargs
+        )
+
+    @classmethod
+    def from_llava(
+        cls,
+        llava_processor,
+        feature_extractor,
+        num_audio_tokens: int | None = None,
+        audio_config=None,
+        num_prefix_tokens: int = 16,
+        **kwargs,
+    ) -> "LlavaAudioProcessor":
+        """Extend a LLaVA processor (object, path or Hub id) with an audio feature extractor (object, path or id).
+
+        `<audio>` and `<prefix>` are added to a copy of the tokenizer (ids `len(tokenizer)`, `len(tokenizer) + 1`,
+        which llava-hf's 7B/13B embedding matrices already have room for). The audio token count per clip comes from
+        `num_audio_tokens` or is computed from `audio_config`.
+        """
+        if isinstance(llava_processor, str):
+            llava_processor = AutoProcessor.from_pretrained(llava_processor)
+        if isinstance(feature_extractor, str):
+            feature_extractor = AutoFeatureExtractor.from_pretrained(feature_extractor)
+        if num_audio_tokens is None and audio_config is not None:
+            num_audio_tokens = audio_token_count(audio_config)
+        if num_audio_tokens is None:
+            raise ValueError(
+                "Cannot tell how many tokens the audio encoder gives per clip: pass num_audio_tokens= or the "
+                "encoder's audio_config= (AST, Whisper and CAV-MAE configs are understood)."
+            )
+        tokenizer = copy.deepcopy(llava_processor.tokenizer)
+        add_placeholder_tokens(tokenizer)
+        return cls(
+            image_processor=llava_processor.image_processor,
+            feature_extractor=feature_extractor,
+            tokenizer=tokenizer,
+            patch_size=llava_processor.patch_size,
+            vision_feature_select_strategy=llava_processor.vision_feature_select_strategy,
+            num_additional_image_tokens=getattr(llava_processor, "num_additional_image_tokens", 0),
+            image_token=llava_processor.image_token,
+            num_audio_tokens=num_audio_tokens,
+            num_prefix_tokens=num_prefix_tokens,
+            **kwargs,
+        )
+
+    def __call__(self, text=None, images=None, audio=None, **kwargs) -> BatchFeature:
+        if text is None:
+            raise ValueError(
+                "LlavaAudioProcessor needs `text`: a prompt with <image>/<audio>/<prefix> placeholders, e.g. "
+                "processor.caption_prompt(audio=True)."
+            )
+        text = [text] if isinstance(text, str) else list(text)
+        text = [sample.replace(self.prefix_token, self.prefix_token * self.num_prefix_tokens) for sample in text]
+        if audio is not None and "sampling_rate" not in kwargs:
+            raise ValueError(
+                "Pass sampling_rate= with raw audio (e.g. 16000), so that audio at another rate is never silently "
+                "misread."
+            )
+        # Text defaults only: the audio feature extractor keeps its own padding (fixed-length encoders).
+        text_kwargs = dict(kwargs.pop("text_kwargs", {}))
+        for key, default in (("padding", True), ("padding_side", "left")):
+            if key not in kwargs:
+                text_kwargs.setdefault(key, default)
+        kwargs["text_kwargs"] = text_kwargs
+        return super().__call__(images=images, text=text, audio=audio, **kwargs)
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        height, width = image_inputs["pixel_values"][image_idx].shape[-2:]
+        count = (height // self.patch_size) * (width // self.patch_size) + self.num_additional_image_tokens
+        if self.vision_feature_select_strategy == "default":
+            count -= 1
+        return self.image_token * count
+
+    def _process_audio(self, audio, **kwargs):
+        features = self.feature_extractor(audio, **kwargs)
+        if "input_values" in features:  # AST-style extractors
+            features["input_features"] = features.pop("input_values")
+        if "attention_mask" in features:
+            features["input_features_mask"] = features.pop("attention_mask")
+        return features, [self.audio_token * self.num_audio_tokens] * len(audio)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values", "input_features", "input_features_mask"]
+
+    def caption_prompt(
+        self, image: bool = False, audio: bool = False, prefix: bool = False, prompt: str | None = None
+    ) -> str:
+        """The single-turn prompt for captioning with the given inputs, e.g. for image + audio + prefix:
+        "USER: <image><audio><prefix>\\nDescribe the sound that can be heard in this scene. ASSISTANT:"."""
+        content = [{"type": kind} for kind, used in (("image", image), ("audio", audio), ("prefix", prefix)) if used]
+        content.append({"type": "text", "text": prompt or self.default_prompt})
+        return self.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+
+def placeholder_token_ids(tokenizer) -> tuple[int, int]:
+    """The ids that `<audio>` and `<prefix>` have, or will get from [`add_placeholder_tokens`], in `tokenizer`."""
+    vocab, next_id, ids = tokenizer.get_vocab(), len(tokenizer), []
+    for token in (AUDIO_TOKEN, PREFIX_TOKEN):
+        if token in vocab:
+            ids.append(vocab[token])
+        else:
+            ids.append(next_id)
+            next_id += 1
+    return ids[0], ids[1]
+
+
+def add_placeholder_tokens(tokenizer) -> tuple[int, int]:
+    """Add `<audio>` and `<prefix>` as special tokens (no-op for those present); returns their ids."""
+    expected = placeholder_token_ids(tokenizer)
+    missing = [t for t in (AUDIO_TOKEN, PREFIX_TOKEN) if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
+    ids = tuple(tokenizer.convert_tokens_to_ids(t) for t in (AUDIO_TOKEN, PREFIX_TOKEN))
+    if ids != expected:  # would desynchronise processor and model
+        raise RuntimeError(f"placeholder ids {ids} differ from the expected {expected}")
+    return ids

@@ -1,0 +1,54 @@
+"""Tiny models built from configs, a tokenizer built here, generated inputs: nothing is downloaded."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dali_hf import LlavaAudioForConditionalGeneration, LlavaAudioProcessor
+from dali_hf.tiny import tiny_audio_encoder, tiny_llava, tiny_llava_processor, tiny_tokenizer
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def llava_parts():
+    """(plain LLaVA model, its processor) at tiny size."""
+    tokenizer, vocab_size = tiny_tokenizer()
+    llava = tiny_llava(vocab_size, tokenizer.convert_tokens_to_ids("<image>"))
+    return llava, tiny_llava_processor(tokenizer)
+
+
+def build_captioner(llava_parts, kind: str):
+    llava, llava_processor = llava_parts
+    audio_config, feature_extractor = tiny_audio_encoder(kind)
+    processor = LlavaAudioProcessor.from_llava(llava_processor, feature_extractor, audio_config=audio_config)
+    torch.manual_seed(1)
+    model = LlavaAudioForConditionalGeneration.from_llava(llava, audio_config, processor=processor).eval()
+    return model, processor
+
+
+@pytest.fixture(scope="session", params=["ast", "whisper"])
+def captioner(request, llava_parts):
+    """(LlavaAudio model, processor) around the tiny LLaVA, for each tested audio encoder."""
+    return build_captioner(llava_parts, request.param)
+
+
+@pytest.fixture(scope="session")
+def ast_captioner(llava_parts):
+    return build_captioner(llava_parts, "ast")
+
+
+def random_image(seed: int, size=(40, 30)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8))
+
+
+def random_clip(seed: int, seconds: float = 1.0, rate: int = 16000) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (0.1 * rng.standard_normal(int(seconds * rate))).astype(np.float32)

@@ -1,0 +1,1 @@
+"""DALI's training stages as Trainer subclasses, and their objectives."""
