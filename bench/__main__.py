@@ -1,0 +1,6 @@
+"""`make bench`: run every benchmark in this folder."""
+
+from . import model_overhead
+
+if __name__ == "__main__":
+    model_overhead.main()

@@ -1,0 +1,50 @@
+"""Overhead of LlavaAudio over plain LLaVA for the same image-only greedy generation (tiny models, CPU).
+
+Both models share the same LLaVA modules, so any difference is LlavaAudio's own bookkeeping.
+"""
+
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dali_hf import LlavaAudioForConditionalGeneration, LlavaAudioProcessor
+from dali_hf.tiny import tiny_audio_encoder, tiny_llava, tiny_llava_processor, tiny_tokenizer
+
+
+def _best_of(fn, repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main(batch_size: int = 8, new_tokens: int = 32) -> dict:
+    torch.manual_seed(0)
+    tokenizer, vocab_size = tiny_tokenizer()
+    llava = tiny_llava(vocab_size, tokenizer.convert_tokens_to_ids("<image>"))
+    llava_processor = tiny_llava_processor(tokenizer)
+    audio_config, feature_extractor = tiny_audio_encoder("ast")
+    processor = LlavaAudioProcessor.from_llava(llava_processor, feature_extractor, audio_config=audio_config)
+    model = LlavaAudioForConditionalGeneration.from_llava(llava, audio_config, processor=processor).eval()
+    images = [Image.fromarray(np.full((32, 32, 3), 10 * i, dtype=np.uint8)) for i in range(batch_size)]
+    prompts = ["USER: <image>\ndescribe this image ASSISTANT:"] * batch_size
+    inputs = processor(text=prompts, images=images, return_tensors="pt")
+    settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+
+    with torch.inference_mode():
+        llava.generate(**inputs, **settings)  # warm-up
+        baseline = _best_of(lambda: llava.generate(**inputs, **settings))
+        ours = _best_of(lambda: model.generate(**inputs, **settings))
+    ratio = ours / baseline
+    print(f"image-only greedy generation, batch {batch_size}, {new_tokens} new tokens (tiny models, CPU)")
+    print(f"  plain LLaVA (baseline) {baseline * 1000:8.1f} ms")
+    print(f"  LlavaAudio             {ours * 1000:8.1f} ms   ratio {ratio:.3f} (goal <= 1.05)")
+    return {"baseline_s": baseline, "llava_audio_s": ours, "ratio": ratio}
+
+
+if __name__ == "__main__":
+    main()

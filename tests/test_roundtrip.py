@@ -1,0 +1,154 @@
+"""save_pretrained / Auto classes / trust_remote_code without dali_hf / from_llava from llava-hf folders."""
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import random_clip, random_image
+from safetensors.torch import load_file, save_file
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+)
+
+from dali_hf import LlavaAudioForConditionalGeneration, LlavaAudioProcessor
+
+GREEDY = dict(max_new_tokens=5, do_sample=False, min_new_tokens=5)
+
+
+def _inputs(processor):
+    return processor(text=processor.caption_prompt(image=True, audio=True, prefix=True), images=random_image(3),
+                     audio=random_clip(3), sampling_rate=16000, return_tensors="pt")
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, captioner):
+    model, processor = captioner
+    folder = tmp_path_factory.mktemp("dali")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder, model, processor
+
+
+def test_save_and_auto_load_give_identical_outputs(saved):
+    folder, model, processor = saved
+    reference_inputs = _inputs(processor)
+    loaded_processor = AutoProcessor.from_pretrained(folder)
+    assert type(loaded_processor) is LlavaAudioProcessor
+    inputs = _inputs(loaded_processor)
+    for key in reference_inputs:
+        assert torch.equal(inputs[key], reference_inputs[key]), key
+
+    with torch.no_grad():
+        expected = model(**reference_inputs).logits
+    for auto_class in (AutoModel, AutoModelForImageTextToText):
+        loaded = auto_class.from_pretrained(folder).eval()
+        assert type(loaded) is LlavaAudioForConditionalGeneration
+        with torch.no_grad():
+            assert torch.equal(loaded(**inputs).logits, expected)
+        assert torch.equal(loaded.generate(**inputs, **GREEDY), model.generate(**reference_inputs, **GREEDY))
+    assert AutoConfig.from_pretrained(folder).model_type == "llava_audio"
+
+
+def test_saved_folder_has_remote_code(saved):
+    folder, _, _ = saved
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_llava_audio.LlavaAudioForConditionalGeneration"
+    assert config["auto_map"]["AutoConfig"] == "configuration_llava_audio.LlavaAudioConfig"
+    for name in ("configuration_llava_audio.py", "modeling_llava_audio.py", "processing_llava_audio.py"):
+        assert (folder / name).is_file(), name
+    assert "model.audio_tower." in " ".join(load_file(folder / "model.safetensors"))
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import sys, importlib.abc
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "dali_hf" or name.startswith("dali_hf."):
+                raise ModuleNotFoundError(f"blocked: {name}")
+
+    sys.meta_path.insert(0, Block())
+    folder = sys.argv[1]
+    import torch
+    from transformers import AutoModel, AutoProcessor
+    try:
+        import dali_hf  # noqa: F401
+        raise SystemExit("dali_hf should not be importable here")
+    except ModuleNotFoundError:
+        pass
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    assert "dali_hf" not in type(model).__module__, type(model).__module__
+    import numpy as np
+    from PIL import Image
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 255, (40, 30, 3), dtype=np.uint8))
+    clip = (0.1 * np.random.default_rng(3).standard_normal(16000)).astype(np.float32)
+    inputs = processor(text=processor.caption_prompt(image=True, audio=True, prefix=True), images=image,
+                       audio=clip, sampling_rate=16000, return_tensors="pt")
+    with torch.no_grad():
+        torch.save(model(**inputs).logits, sys.argv[2])
+    print(type(model).__name__, type(processor).__name__)
+    """
+)
+
+
+def test_trust_remote_code_load_without_dali_hf(saved, tmp_path):
+    folder, model, processor = saved
+    script = tmp_path / "remote.py"
+    script.write_text(REMOTE_SCRIPT)
+    out = tmp_path / "logits.pt"
+    result = subprocess.run([sys.executable, str(script), str(folder), str(out)], capture_output=True, text=True,
+                            cwd=tmp_path, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
+                                               "HF_HOME": str(tmp_path / "hf")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "LlavaAudioForConditionalGeneration LlavaAudioProcessor" in result.stdout
+    with torch.no_grad():
+        expected = model(**_inputs(processor)).logits
+    assert torch.equal(torch.load(out), expected)
+
+
+LEGACY_NAMES = [  # current name -> name in the published llava-hf checkpoints (before transformers 4.52)
+    (r"^model\.language_model\.", "language_model.model."),
+    (r"^model\.vision_tower\.", "vision_tower."),
+    (r"^model\.multi_modal_projector\.", "multi_modal_projector."),
+    (r"^lm_head\.", "language_model.lm_head."),
+]
+
+
+def _legacy_llava_hf_names(state_dict):
+    renamed = {}
+    for key, value in state_dict.items():
+        for pattern, legacy in LEGACY_NAMES:
+            key = re.sub(pattern, legacy, key)
+        renamed[key] = value.contiguous()
+    return renamed
+
+
+def test_from_llava_paths_with_legacy_weight_names(llava_parts, tmp_path):
+    llava, llava_processor = llava_parts
+    llava_dir = tmp_path / "llava-hf"
+    llava.save_pretrained(llava_dir)
+    llava_processor.save_pretrained(llava_dir)
+    weights = llava_dir / "model.safetensors"
+    save_file(_legacy_llava_hf_names(load_file(weights)), weights, metadata={"format": "pt"})
+    assert any(k.startswith("language_model.model.") for k in load_file(weights))
+
+    from dali_hf.tiny import tiny_audio_encoder
+
+    audio_config, feature_extractor = tiny_audio_encoder("ast")
+    feature_extractor.save_pretrained(tmp_path / "fe")
+    processor = LlavaAudioProcessor.from_llava(str(llava_dir), str(tmp_path / "fe"), audio_config=audio_config)
+    model = LlavaAudioForConditionalGeneration.from_llava(str(llava_dir), audio_config)
+    assert (model.config.audio_token_id, model.config.prefix_token_id) == (
+        processor.audio_token_id, processor.prefix_token_id)
+    ours = model.state_dict()
+    for name, tensor in llava.state_dict().items():
+        assert torch.equal(ours[name], tensor), name
