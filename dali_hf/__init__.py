@@ -5,9 +5,13 @@ Importing the package registers `llava_audio` with the Auto classes, so `AutoCon
 """
 
 from ._registration import register
+from .convert import convert_official
 from .modeling import (
     CHAT_TEMPLATE,
     DEFAULT_PROMPT,
+    CavMaeAudioConfig,
+    CavMaeAudioModel,
+    CavMaeFeatureExtractor,
     LlavaAudioConfig,
     LlavaAudioForConditionalGeneration,
     LlavaAudioModel,
@@ -22,11 +26,15 @@ __version__ = "0.1.0"
 __all__ = [
     "CHAT_TEMPLATE",
     "DEFAULT_PROMPT",
+    "CavMaeAudioConfig",
+    "CavMaeAudioModel",
+    "CavMaeFeatureExtractor",
     "LlavaAudioConfig",
     "LlavaAudioForConditionalGeneration",
     "LlavaAudioModel",
     "LlavaAudioPreTrainedModel",
     "LlavaAudioProcessor",
     "audio_token_count",
+    "convert_official",
     "register",
 ]

@@ -1,9 +1,22 @@
 """Registration of the LlavaAudio classes with the transformers Auto classes (done once, on import)."""
 
 import transformers
-from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+)
 
-from .modeling import LlavaAudioConfig, LlavaAudioForConditionalGeneration, LlavaAudioProcessor
+from .modeling import (
+    CavMaeAudioConfig,
+    CavMaeAudioModel,
+    CavMaeFeatureExtractor,
+    LlavaAudioConfig,
+    LlavaAudioForConditionalGeneration,
+    LlavaAudioProcessor,
+)
 
 # Auto classes that give the captioner itself: the user's `AutoModel.from_pretrained("org/dali-...")` must
 # caption, so AutoModel maps to the generation class too.
@@ -23,3 +36,11 @@ def register() -> None:
     LlavaAudioConfig.register_for_auto_class()
     LlavaAudioForConditionalGeneration.register_for_auto_class("AutoModel")
     LlavaAudioProcessor.register_for_auto_class()
+
+    # The CAV-MAE audio encoder, on its own and inside LlavaAudio checkpoints
+    AutoConfig.register(CavMaeAudioConfig.model_type, CavMaeAudioConfig, exist_ok=True)
+    AutoModel.register(CavMaeAudioConfig, CavMaeAudioModel, exist_ok=True)
+    AutoFeatureExtractor.register(CavMaeAudioConfig, CavMaeFeatureExtractor, exist_ok=True)
+    CavMaeAudioConfig.register_for_auto_class()
+    CavMaeAudioModel.register_for_auto_class("AutoModel")
+    CavMaeFeatureExtractor.register_for_auto_class()

@@ -5,6 +5,8 @@ from typing import Literal
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .configuration_cav_mae import CavMaeAudioConfig
+
 __all__ = ["LlavaAudioConfig", "audio_token_count"]
 
 
@@ -68,6 +70,10 @@ class LlavaAudioConfig(PreTrainedConfig):
         # llava-hf configs spell the image token `image_token_index`
         if "image_token_index" in kwargs:
             self.image_token_id = kwargs.pop("image_token_index")
+        # CAV-MAE is this project's own encoder: its config is built here (remote code has no registration)
+        audio_config = self.audio_config
+        if isinstance(audio_config, dict) and audio_config.get("model_type") == CavMaeAudioConfig.model_type:
+            self.audio_config = CavMaeAudioConfig(**audio_config)
         super().__post_init__(**kwargs)
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True

@@ -23,10 +23,12 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import select_hidden_states
 
 from .configuration_llava_audio import LlavaAudioConfig
+from .modeling_cav_mae import CavMaeAudioModel
 
 __all__ = [
     "LlavaAudioPreTrainedModel",
@@ -34,6 +36,7 @@ __all__ = [
     "LlavaAudioForConditionalGeneration",
     "LlavaAudioModelOutputWithPast",
     "LlavaAudioCausalLMOutputWithPast",
+    "LlavaAudioTokensOutput",
 ]
 
 
@@ -49,6 +52,14 @@ class LlavaAudioCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
     """Language-model output; `audio_hidden_states` are the projected audio features scattered into the sequence."""
 
     audio_hidden_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class LlavaAudioTokensOutput(ModelOutput):
+    """The two token sets that DALI aligns, [batch, tokens, vision width]: `get_audio_tokens` and `get_image_tokens`."""
+
+    audio_tokens: torch.FloatTensor | None = None
+    image_tokens: torch.FloatTensor | None = None
 
 
 class LlavaAudioPreTrainedModel(PreTrainedModel):
@@ -272,13 +283,15 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
+    def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
+        """`PreTrainedModel.save_pretrained`, writing the weights under the names this model uses (a LlavaAudio
+        checkpoint has no older format to restore), so a plain `load_state_dict` (Trainer resume) reads them."""
         # Every auto class that gives the captioner, for loads through trust_remote_code without dali_hf.
         entry = f"{_MODULE}.{type(self).__name__}"
         self.config.auto_map = (getattr(self.config, "auto_map", None) or {}) | {
             auto_class: entry for auto_class in _CAPTIONER_AUTO_CLASSES
         }
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
 
     def get_image_tokens(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
         """See [`LlavaAudioModel.get_image_tokens`]."""
@@ -315,7 +328,16 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         **kwargs,
-    ) -> LlavaAudioCausalLMOutputWithPast:
+    ) -> LlavaAudioCausalLMOutputWithPast | LlavaAudioTokensOutput:
+        r"""Captioning forward pass. Without text (no `input_ids`, no `inputs_embeds`) the model instead encodes its
+        inputs into the space DALI aligns and returns a [`LlavaAudioTokensOutput`]: this is how the alignment
+        trainer calls it, so that wrappers such as DDP see a forward pass."""
+        if input_ids is None and inputs_embeds is None:
+            return LlavaAudioTokensOutput(
+                audio_tokens=None if input_features is None else self.get_audio_tokens(input_features,
+                                                                                         input_features_mask),
+                image_tokens=None if pixel_values is None else self.get_image_tokens(pixel_values),
+            )
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -435,7 +457,11 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
 
 
 def build_audio_encoder(audio_config):
-    """The audio tower for `audio_config`: `AutoModel.from_config`, keeping only the encoder of an encoder-decoder."""
+    """The audio tower for `audio_config`: `AutoModel.from_config`, keeping only the encoder of an encoder-decoder.
+    CAV-MAE, this project's own encoder, is built directly, so that remote code needs no Auto registration
+    (matched by model type: remote code may load the config class from another copy of its file)."""
+    if audio_config.model_type == CavMaeAudioModel.config_class.model_type:
+        return CavMaeAudioModel._from_config(audio_config)
     tower = AutoModel.from_config(audio_config)
     if getattr(audio_config, "is_encoder_decoder", False):
         tower = tower.get_encoder()
