@@ -1,0 +1,159 @@
+"""DistributionAlignmentTrainer on tiny models: each objective learns, scorer gradients, exact resume."""
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from conftest import build_captioner
+from dali_hf.trainers import SCORERS_NAME, AlignmentConfig, DistributionAlignmentTrainer
+from dali_hf.trainers.objectives import entropy, ot_loss
+from PIL import Image
+from transformers import TrainerCallback
+
+
+def pairs_dataset(n: int = 16, seed: int = 0) -> datasets.Dataset:
+    """(audio, image) pairs where the tone's pitch follows the image's colour: something to align."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    t = np.arange(16000) / 16000
+    for i in range(n):
+        level = rng.uniform()
+        tone = 0.3 * np.sin(2 * np.pi * (200 + 1800 * level) * t) + 0.01 * rng.standard_normal(len(t))
+        colour = np.array([255 * level, 80, 255 * (1 - level)], dtype=np.uint8)
+        rows.append({"id": f"clip{i}", "audio": {"array": tone.astype(np.float32), "sampling_rate": 16000},
+                     "image": Image.fromarray(np.tile(colour, (32, 32, 1)))})
+    features = datasets.Features({
+        "id": datasets.Value("string"),
+        "audio": {"array": datasets.List(datasets.Value("float32")), "sampling_rate": datasets.Value("int32")},
+        "image": datasets.Image(),
+    })
+    return datasets.Dataset.from_list(rows, features=features)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return pairs_dataset()
+
+
+def fresh_captioner(llava_parts):
+    """A captioner with its own copy of the LLaVA weights, so training cannot touch other tests' models."""
+    import copy
+
+    llava, processor = llava_parts
+    return build_captioner((copy.deepcopy(llava), processor), "ast")
+
+
+def make_trainer(llava_parts, data, tmp_path, **overrides):
+    model, processor = fresh_captioner(llava_parts)
+    settings = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, learning_rate=1e-3,
+                    num_train_epochs=3, logging_steps=1, save_strategy="no", report_to=[], seed=0,
+                    use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, lambda_values=[0.05],
+                    lambda_final=0.05, uniform_epochs=1)
+    settings.update(overrides)
+    return DistributionAlignmentTrainer(model=model, args=AlignmentConfig(**settings), train_dataset=data,
+                                        processing_class=processor)
+
+
+@pytest.mark.parametrize("objective,solver", [("contrastive", "exact"), ("mmd", "exact"), ("ot", "exact"),
+                                              ("ot", "sinkhorn"), ("attentive_ot", "exact")])
+def test_each_objective_lowers_its_loss(llava_parts, data, tmp_path, objective, solver):
+    trainer = make_trainer(llava_parts, data, tmp_path, objective=objective, solver=solver)
+    frozen = {n: p.clone() for n, p in trainer.model.named_parameters() if "audio" not in n}
+    trainer.train()
+    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    assert np.mean(losses[-4:]) < np.mean(losses[:4]), losses
+    for name, param in trainer.model.named_parameters():  # LLaVA untouched
+        if name in frozen:
+            assert torch.equal(param, frozen[name]), name
+    if objective == "attentive_ot":
+        logged = [log for log in trainer.state.log_history if "entropy_audio" in log]
+        assert logged and all(log["lambda"] == 0.05 for log in logged)
+        assert (tmp_path / SCORERS_NAME).exists() is False  # written by save_model only
+        trainer.save_model()
+        assert (tmp_path / SCORERS_NAME).exists()
+
+
+def test_scorers_get_gradient_only_from_their_objective(llava_parts, data, tmp_path):
+    trainer = make_trainer(llava_parts, data, tmp_path, objective="attentive_ot", uniform_epochs=0,
+                           lambda_values=[0.5])
+    model = trainer.model
+    batch = trainer.data_collator([data[i] for i in range(4)])
+    loss = trainer.compute_loss(model.train(), batch)
+    loss.backward()
+    encoder_grad = model.model.audio_to_vision.weight.grad.clone()
+    scorer_grads = [p.grad.clone() for p in trainer.scorers.parameters()]
+    model.zero_grad()
+    trainer.scorers.zero_grad()
+
+    audio = model(input_features=batch["input_features"]).audio_tokens
+    image = model.get_image_tokens(batch["pixel_values"])
+    alpha, beta = trainer.scorers(audio.detach(), image)
+    # the encoder: OT with the weights as constants
+    ot_loss(audio, image, alpha.detach(), beta.detach()).mean().backward()
+    assert torch.allclose(model.model.audio_to_vision.weight.grad, encoder_grad, atol=1e-6)
+    assert all(p.grad is None for p in trainer.scorers.parameters())
+    # the scorers: OT - lambda H with the audio tokens as constants
+    scorer_objective = ot_loss(audio.detach(), image, alpha, beta).mean() - 0.5 * (entropy(alpha) + entropy(beta)).mean()
+    scorer_objective.backward()
+    for expected, got in zip(scorer_grads, trainer.scorers.parameters(), strict=True):
+        assert torch.allclose(got.grad, expected, atol=1e-6)
+
+
+class StopAfter(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resume_equals_uninterrupted_run(llava_parts, data, tmp_path):
+    settings = dict(objective="attentive_ot", num_train_epochs=2, save_strategy="steps", save_steps=4)
+    full = make_trainer(llava_parts, data, tmp_path / "full", **settings)
+    full.train()
+    interrupted = make_trainer(llava_parts, data, tmp_path / "part", **settings)
+    interrupted.add_callback(StopAfter(4))  # as if killed right after the checkpoint of step 4
+    interrupted.train()
+    assert interrupted.state.global_step == 4
+    resumed = make_trainer(llava_parts, data, tmp_path / "part", **settings)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "part" / "checkpoint-4"))
+
+    def losses(trainer):
+        return [(log["step"], log["loss"]) for log in trainer.state.log_history if "loss" in log]
+
+    assert losses(resumed)[-4:] == losses(full)[-4:]
+    for (name, a), b in zip(full.model.named_parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b), name
+    for a, b in zip(full.scorers.parameters(), resumed.scorers.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_evaluation_uses_uniform_weights(llava_parts, data, tmp_path):
+    trainer = make_trainer(llava_parts, data, tmp_path, objective="attentive_ot", uniform_epochs=0)
+    trainer.eval_dataset = data.select(range(8))
+    metrics = trainer.evaluate()
+    batch = trainer.data_collator([data[i] for i in range(8)])
+    with torch.no_grad():
+        audio = trainer.model(input_features=batch["input_features"]).audio_tokens
+        image = trainer.model.get_image_tokens(batch["pixel_values"])
+    assert abs(metrics["eval_loss"] - ot_loss(audio, image).mean().item()) < 1e-4
+
+
+def test_align_cli_trains_and_writes_a_loadable_folder(llava_parts, data, tmp_path):
+    from transformers import AutoModel
+
+    from dali_hf.cli import main
+
+    model, processor = fresh_captioner(llava_parts)
+    model.save_pretrained(tmp_path / "start")
+    processor.save_pretrained(tmp_path / "start")
+    data.save_to_disk(tmp_path / "pairs")
+    out = tmp_path / "aligned"
+    main(["align", "--model", str(tmp_path / "start"), "--data", str(tmp_path / "pairs"), "--objective", "mmd",
+          "--output_dir", str(out), "--per_device_train_batch_size", "4", "--max_steps", "2", "--use_cpu", "true",
+          "--report_to", "none", "--save_strategy", "no", "--learning_rate", "0.01"])
+    aligned = AutoModel.from_pretrained(out)
+    before = model.model.audio_to_vision.weight
+    assert not torch.equal(aligned.model.audio_to_vision.weight, before)
+    assert torch.equal(aligned.model.language_model.embed_tokens.weight, model.model.language_model.embed_tokens.weight)

@@ -1,0 +1,197 @@
+"""Stage 1b of DALI: align the audio encoder's token distribution to the frozen CLIP image tokens.
+
+For each (audio clip, video frame) pair, A = `model.get_audio_tokens(...)` (trained: the audio tower and
+`audio_to_vision`) and I = `model.get_image_tokens(...)` (frozen vision tower, the configured layer, CLS dropped);
+the loss compares the two token sets clip by clip (`objectives`) and averages over the batch.
+"""
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Trainer, TrainingArguments
+
+from .collators import AlignmentCollator
+from .objectives import AttentiveMarginals, contrastive_loss, entropy, lambda_schedule, mmd_loss, ot_loss
+
+__all__ = ["AlignmentConfig", "DistributionAlignmentTrainer", "SCORERS_NAME"]
+
+SCORERS_NAME = "attentive_ot_scorers.safetensors"
+SCORER_OPTIMIZER_NAME = "scorer_optimizer.pt"
+OBJECTIVES = ("contrastive", "mmd", "ot", "attentive_ot")
+TRAINABLE = {"all": ("audio_tower", "audio_to_vision"), "projection": ("audio_to_vision",)}
+
+
+@dataclass
+class AlignmentConfig(TrainingArguments):
+    """Training arguments of the alignment stage. Defaults follow the reference code (METHOD.md section 3):
+    Adam(0.95, 0.999), lr 1e-4, weight decay 5e-7; batch and epochs are the user's (paper: 256, 20)."""
+
+    objective: str = field(default="attentive_ot", metadata={"help": f"one of {OBJECTIVES}"})
+    solver: str = field(default="exact", metadata={"help": "OT solver: 'exact' (POT emd) or 'sinkhorn'"})
+    epsilon: float | None = field(default=None, metadata={"help": "sinkhorn epsilon, relative to the mean cost"})
+    contrastive_temperature: float = field(default=0.05)
+    train_audio_parameters: str = field(
+        default="all", metadata={"help": "'all' (audio tower + audio_to_vision) or 'projection' (audio_to_vision)"}
+    )
+    lambda_values: list[float] = field(default_factory=lambda: [500.0, 400.0, 300.0, 200.0])
+    lambda_final: float = field(default=100.0)
+    uniform_epochs: int = field(default=1, metadata={"help": "epochs with uniform weights before the scorers train"})
+    scorer_learning_rate: float = field(default=1e-4)
+    scorer_num_heads: int = field(default=8)
+    scorer_temperature: float = field(default=20.0)
+    scorer_uniform_mix: float = field(default=0.5)
+    learning_rate: float = field(default=1e-4)
+    adam_beta1: float = field(default=0.95)
+    weight_decay: float = field(default=5e-7)
+    remove_unused_columns: bool = field(default=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.solver not in ("exact", "sinkhorn"):
+            raise ValueError(f"solver must be 'exact' or 'sinkhorn', got {self.solver!r}")
+        if self.train_audio_parameters not in TRAINABLE:
+            raise ValueError(f"train_audio_parameters must be one of {sorted(TRAINABLE)}")
+
+
+class DistributionAlignmentTrainer(Trainer):
+    """Trains the audio side of a LlavaAudio model so its tokens match the image tokens' distribution.
+
+    Objectives: contrastive (baseline), mmd, ot, attentive_ot. For attentive OT the scorers
+    ([`AttentiveMarginals`]) have their own Adam optimiser and train on OT(A, I; alpha, beta) - lambda (H(alpha) +
+    H(beta)) with the audio tokens detached at their input, while the encoder trains on OT(A, I; alpha, beta) with
+    the weights as constants: one OT solve serves both (gradients: plan for A, dual potentials for the weights).
+    Evaluation and best-checkpoint selection use uniform weights. Checkpoints hold the scorers and their optimiser.
+    """
+
+    def __init__(self, model=None, args: AlignmentConfig | None = None, data_collator=None,
+                 processing_class=None, scorers: AttentiveMarginals | None = None, **kwargs):
+        args = args or AlignmentConfig(output_dir="outputs/alignment")
+        if data_collator is None:
+            if processing_class is None:
+                raise ValueError("pass processing_class=LlavaAudioProcessor (or a data_collator)")
+            data_collator = AlignmentCollator(processing_class)
+        _freeze_all_but(model, TRAINABLE[args.train_audio_parameters])
+        super().__init__(model=model, args=args, data_collator=data_collator, processing_class=processing_class,
+                         **kwargs)
+        self.loss_is_scaled_for_ga = False
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self.scorers = None
+        if args.objective == "attentive_ot":
+            width = model.config.vision_config.hidden_size
+            self.scorers = scorers or AttentiveMarginals(width, args.scorer_num_heads, args.scorer_temperature,
+                                                         args.scorer_uniform_mix)
+            self.scorers.to(args.device)
+            self.scorer_optimizer = torch.optim.Adam(self.scorers.parameters(), lr=args.scorer_learning_rate,
+                                                     betas=(args.adam_beta1, args.adam_beta2))
+
+    # ---- the loss --------------------------------------------------------------------------------------------
+
+    def current_lambda(self) -> float | None:
+        """The entropy weight of the current epoch (None: uniform weights, scorers idle)."""
+        epoch = int(self.state.epoch or 0) + 1
+        return lambda_schedule(epoch, tuple(self.args.lambda_values), self.args.lambda_final,
+                               self.args.uniform_epochs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        audio, image = self._tokens(model, inputs)
+        mode = "train" if model.training else "eval"
+        loss = self._objective(audio, image, mode, train_scorers=model.training)
+        return (loss, {"audio_tokens": audio, "image_tokens": image}) if return_outputs else loss
+
+    def _tokens(self, model, inputs):
+        outputs = model(input_features=inputs["input_features"],
+                        input_features_mask=inputs.get("input_features_mask"))
+        with torch.no_grad():
+            image = self.accelerator.unwrap_model(model).get_image_tokens(inputs["pixel_values"])
+        return outputs.audio_tokens, image.to(outputs.audio_tokens.dtype)
+
+    def _objective(self, audio, image, mode, train_scorers):
+        args, metrics = self.args, self._metrics[mode]
+        if args.objective == "contrastive":
+            loss = contrastive_loss(audio, image, args.contrastive_temperature).mean()
+            metrics["contrastive"].append(loss.item())
+            return loss
+        if args.objective == "mmd":
+            loss = mmd_loss(audio, image).mean()
+            metrics["mmd"].append(loss.item())
+            return loss
+        lam = self.current_lambda() if (args.objective == "attentive_ot" and train_scorers) else None
+        if lam is None:
+            loss = ot_loss(audio, image, solver=args.solver, epsilon=args.epsilon).mean()
+            metrics["ot"].append(loss.item())
+            return loss
+        alpha, beta = self.scorers(audio.detach(), image)
+        ot = ot_loss(audio, image, alpha, beta, solver=args.solver, epsilon=args.epsilon).mean()
+        h_audio, h_image = entropy(alpha).mean(), entropy(beta).mean()
+        scorer_only = -lam * (h_audio + h_image)
+        for name, value in (("ot", ot), ("entropy_audio", h_audio), ("entropy_image", h_image)):
+            metrics[name].append(value.item())
+        metrics["lambda"].append(lam)
+        # value = OT; the entropy bonus only adds the scorers' gradient
+        return ot + (scorer_only - scorer_only.detach())
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.scorers is not None and self.accelerator.sync_gradients:
+            if self.accelerator.num_processes > 1:
+                for param in self.scorers.parameters():
+                    if param.grad is not None:
+                        param.grad = self.accelerator.reduce(param.grad, reduction="mean")
+            self.scorer_optimizer.step()
+            self.scorer_optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    # ---- logging -----------------------------------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        for name, values in self._metrics[mode].items():
+            if values:
+                logs[prefix + name] = sum(values) / len(values)
+        self._metrics[mode].clear()
+        super().log(logs, start_time)
+
+    # ---- the scorers in checkpoints --------------------------------------------------------------------------
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.scorers is not None and self.args.should_save:  # the scorer weights go with the model (save_model)
+            torch.save(self.scorer_optimizer.state_dict(), os.path.join(output_dir, SCORER_OPTIMIZER_NAME))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None or self.scorers is None:
+            return
+        scorer_file = os.path.join(checkpoint, SCORERS_NAME)
+        if os.path.isfile(scorer_file):
+            self.scorers.load_state_dict(load_file(scorer_file, device=str(self.args.device)))
+            optimizer_file = os.path.join(checkpoint, SCORER_OPTIMIZER_NAME)
+            if os.path.isfile(optimizer_file):
+                self.scorer_optimizer.load_state_dict(
+                    torch.load(optimizer_file, map_location=self.args.device, weights_only=True))
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        if self.scorers is not None and self.args.should_save:
+            save_file(self.scorers.state_dict(), os.path.join(output_dir or self.args.output_dir, SCORERS_NAME))
+
+
+def _freeze_all_but(model, trainable_prefixes: tuple[str, ...]) -> None:
+    """Only the named LlavaAudioModel parts train; the vision tower, projectors and language model stay frozen."""
+    if model is None:
+        raise ValueError("DistributionAlignmentTrainer needs a LlavaAudio model")
+    model.requires_grad_(False)
+    for prefix in trainable_prefixes:
+        getattr(model.model, prefix).requires_grad_(True)
