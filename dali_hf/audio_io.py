@@ -25,13 +25,7 @@ def load_audio(source) -> tuple[np.ndarray, int]:
         path = os.fspath(source)
         if not os.path.exists(path):
             raise AudioInputError(f"audio file not found: {path}")
-        import soundfile
-
-        try:
-            data, rate = soundfile.read(path, dtype="float32", always_2d=True)
-        except Exception as error:  # soundfile raises LibsndfileError / RuntimeError for unreadable files
-            raise AudioInputError(f"cannot decode audio file {path}: {error}") from error
-        return data.T, rate
+        return _decode_file(path)
     raise AudioInputError(f"unsupported audio input of type {type(source).__name__}: pass a path or "
                           "{'array': ..., 'sampling_rate': ...}")
 
@@ -49,3 +43,21 @@ def prepare_audio(source, target_rate: int, name: str = "audio") -> np.ndarray:
 
         mono = AF.resample(torch.from_numpy(mono), rate, target_rate).numpy()
     return mono.astype(np.float32)
+
+
+def _decode_file(path: str) -> tuple[np.ndarray, int]:
+    """soundfile for plain audio files (fast, exact); torchcodec (FFmpeg) for the rest: mp3, video containers."""
+    import soundfile
+
+    try:
+        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+        return data.T, rate
+    except Exception:  # not a format libsndfile reads: let FFmpeg try
+        pass
+    try:
+        from torchcodec.decoders import AudioDecoder
+
+        samples = AudioDecoder(path).get_all_samples()
+    except Exception as error:
+        raise AudioInputError(f"cannot decode audio from {path}: {error}") from error
+    return samples.data.numpy().astype(np.float32), int(samples.sample_rate)

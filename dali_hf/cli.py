@@ -1,6 +1,7 @@
 """`dali-hf` command line: each subcommand is a thin wrapper over the library."""
 
 import argparse
+import os
 import sys
 
 __all__ = ["main"]
@@ -45,6 +46,10 @@ def _run_align(args, extra: list[str]) -> None:
     trainer.train(resume_from_checkpoint=args.resume)
     trainer.save_model()
     processor.save_pretrained(config.output_dir)
+    if trainer.is_world_process_zero():
+        figure = os.path.join(config.output_dir, "token_distributions.png")
+        trainer.plot_token_distributions(figure)
+        print(f"token distributions: {figure}")
     print(f"aligned model written to {config.output_dir}")
 
 

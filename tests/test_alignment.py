@@ -153,7 +153,33 @@ def test_align_cli_trains_and_writes_a_loadable_folder(llava_parts, data, tmp_pa
     main(["align", "--model", str(tmp_path / "start"), "--data", str(tmp_path / "pairs"), "--objective", "mmd",
           "--output_dir", str(out), "--per_device_train_batch_size", "4", "--max_steps", "2", "--use_cpu", "true",
           "--report_to", "none", "--save_strategy", "no", "--learning_rate", "0.01"])
+    assert (out / "token_distributions.png").stat().st_size > 10_000
     aligned = AutoModel.from_pretrained(out)
     before = model.model.audio_to_vision.weight
     assert not torch.equal(aligned.model.audio_to_vision.weight, before)
     assert torch.equal(aligned.model.language_model.embed_tokens.weight, model.model.language_model.embed_tokens.weight)
+
+
+@pytest.mark.parametrize("objective", ["ot", "attentive_ot"])
+def test_two_processes_give_the_loss_curve_of_one(tmp_path, objective):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = str(Path(__file__).parent / "ddp_align.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    single = subprocess.run([sys.executable, script, str(tmp_path / "one"), "4", objective, "1"], env=env,
+                            capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr[-3000:]
+    # without a GPU, --multi_gpu runs DDP over CPU processes (gloo)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    double = subprocess.run([*launch, script, str(tmp_path / "two"), "2", objective, "2"], env=env, capture_output=True,
+                            text=True)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "losses.json").read_text())
+    two = json.loads((tmp_path / "two" / "losses.json").read_text())
+    assert len(one) == len(two) == 8
+    assert np.allclose(one, two, rtol=1e-4), (one, two)

@@ -31,7 +31,7 @@ class AlignmentConfig(TrainingArguments):
 
     objective: str = field(default="attentive_ot", metadata={"help": f"one of {OBJECTIVES}"})
     solver: str = field(default="exact", metadata={"help": "OT solver: 'exact' (POT emd) or 'sinkhorn'"})
-    epsilon: float | None = field(default=None, metadata={"help": "sinkhorn epsilon, relative to the mean cost"})
+    epsilon: float | None = field(default=None, metadata={"help": "sinkhorn epsilon, relative to the spread of the costs (default 0.05)"})
     contrastive_temperature: float = field(default=0.05)
     train_audio_parameters: str = field(
         default="all", metadata={"help": "'all' (audio tower + audio_to_vision) or 'projection' (audio_to_vision)"}
@@ -47,6 +47,7 @@ class AlignmentConfig(TrainingArguments):
     adam_beta1: float = field(default=0.95)
     weight_decay: float = field(default=5e-7)
     remove_unused_columns: bool = field(default=False)
+    ddp_find_unused_parameters: bool | None = field(default=False)  # every trained parameter is used each step
 
     def __post_init__(self):
         super().__post_init__()
@@ -151,6 +152,25 @@ class DistributionAlignmentTrainer(Trainer):
         with torch.no_grad():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
+
+    @torch.no_grad()
+    def plot_token_distributions(self, path, dataset=None, num_clips: int = 32, batch_size: int = 8) -> None:
+        """Save the token-distribution figure (2-D PCA of audio vs image tokens, per-clip means and per token) for
+        the first `num_clips` pairs of `dataset` (default: the eval set, else the training set)."""
+        from ..figures import plot_token_distributions
+
+        dataset = dataset if dataset is not None else (self.eval_dataset or self.train_dataset)
+        model = self.accelerator.unwrap_model(self.model).eval()
+        audio, image = [], []
+        for start in range(0, min(num_clips, len(dataset)), batch_size):
+            rows = [dataset[i] for i in range(start, min(start + batch_size, num_clips, len(dataset)))]
+            batch = {k: v.to(model.device) for k, v in self.data_collator(rows).items()}
+            outputs = model(pixel_values=batch["pixel_values"], input_features=batch["input_features"],
+                            input_features_mask=batch.get("input_features_mask"))
+            audio.append(outputs.audio_tokens)
+            image.append(outputs.image_tokens)
+        plot_token_distributions(torch.cat(audio), torch.cat(image), path,
+                                 title=f"{self.args.objective}, step {self.state.global_step}")
 
     # ---- logging -----------------------------------------------------------------------------------------------
 

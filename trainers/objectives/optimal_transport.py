@@ -10,9 +10,10 @@ Solvers:
 - "exact": POT's network simplex (`ot.emd`), the paper's loss. Clips are solved in parallel threads (the solver
   releases the GIL), on CPU copies of the costs.
 - "sinkhorn": batched log-domain entropic OT in torch, all clips at once, on the tensors' device. `epsilon` is
-  relative to each clip's mean cost (scale-free); it defaults to 0.01, and the loss is the transport cost <P_eps, C>
-  of the entropic plan, which approaches the exact value as epsilon shrinks (bench/objectives.py measures the gap).
-  Epsilon scaling (start at the mean cost, halve down to epsilon) keeps it fast at small epsilon.
+  relative to the spread (standard deviation) of each clip's cost matrix, so it means the same for any feature
+  scale or width; it defaults to 0.05, and the loss is the transport cost <P_eps, C> of the entropic plan, which
+  approaches the exact value as epsilon shrinks (bench/objectives.py measures the gap). Epsilon scaling (start at
+  the cost spread, halve down to epsilon) keeps it fast at small epsilon.
 """
 
 import os
@@ -24,7 +25,7 @@ import torch
 
 __all__ = ["ot_loss", "pairwise_sq_distances", "DEFAULT_EPSILON"]
 
-DEFAULT_EPSILON = 0.01
+DEFAULT_EPSILON = 0.05
 
 
 def pairwise_sq_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -47,7 +48,7 @@ def ot_loss(
     Args:
         x_weights, y_weights: token weights [B, N] / [B, M], each row a distribution (None = uniform).
         solver: "exact" (POT network simplex) or "sinkhorn" (batched entropic, torch).
-        epsilon: sinkhorn regularisation relative to the clip's mean cost (default 0.01); exact ignores it.
+        epsilon: sinkhorn regularisation relative to the spread of the clip's costs (default 0.05); exact ignores it.
         num_threads: threads for the exact solver (default: the CPU count).
         max_iter: solver iteration cap (exact: 10^7 simplex iterations; sinkhorn: 5000 per clip batch).
     """
@@ -103,9 +104,11 @@ def _exact(cost, a, b, num_threads, max_iter):
     return plans, us, vs
 
 
-def _sinkhorn(cost, a, b, epsilon, max_iter, tol=1e-6):
-    scale = cost.mean(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(cost.dtype).tiny)
-    c = cost / scale
+def _sinkhorn(cost, a, b, epsilon, max_iter, tol=1e-4):
+    # Shifting the cost changes neither the plan nor the centred potentials; epsilon is in units of its spread.
+    shift = cost.amin(dim=(1, 2), keepdim=True)
+    scale = cost.std(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(cost.dtype).tiny)
+    c = (cost - shift) / scale
     log_a, log_b = a.log()[:, :, None], b.log()[:, None, :]
     f = torch.zeros_like(cost[:, :, 0])
     g = torch.zeros_like(cost[:, 0, :])

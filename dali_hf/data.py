@@ -1,0 +1,78 @@
+"""Datasets in the column convention (`id`, `audio`, `image`, `caption`), built from files."""
+
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import datasets
+import numpy as np
+from PIL import Image
+
+from .audio_io import AudioInputError, prepare_audio
+
+__all__ = ["VIDEO_EXTENSIONS", "PAIR_FEATURES", "pairs_from_videos", "frame_at"]
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
+PAIR_FEATURES = datasets.Features({
+    "id": datasets.Value("string"),
+    "audio": {"array": datasets.List(datasets.Value("float32")), "sampling_rate": datasets.Value("int32")},
+    "image": datasets.Image(),
+})
+
+
+def frame_at(path: str, frame: str | float = "middle") -> Image.Image:
+    """One frame of a video: "middle", "first", a time in seconds (float) or a fraction of the duration
+    ("0.25" as a string)."""
+    from torchcodec.decoders import VideoDecoder
+
+    decoder = VideoDecoder(path)
+    duration = decoder.metadata.duration_seconds or 0.0
+    if frame == "middle":
+        seconds = duration / 2
+    elif frame == "first":
+        seconds = 0.0
+    elif isinstance(frame, str):
+        seconds = float(frame) * duration
+    else:
+        seconds = float(frame)
+    begin = decoder.metadata.begin_stream_seconds or 0.0
+    end = decoder.metadata.end_stream_seconds or duration
+    seconds = min(max(seconds, begin), max(begin, end - 1e-3))
+    data = decoder.get_frame_played_at(seconds).data  # [3, H, W] uint8
+    return Image.fromarray(data.permute(1, 2, 0).numpy())
+
+
+def pairs_from_videos(
+    folder: str | os.PathLike, frame: str | float = "middle", sampling_rate: int = 16000,
+    cache_dir: str | None = None,
+) -> tuple[datasets.Dataset, list[dict]]:
+    """(audio, image) pairs from a folder of video files: the audio track (mono, `sampling_rate`) and one frame.
+
+    Returns the dataset (written to the datasets cache as it goes, so large folders do not fill memory) and the
+    list of skipped files, each {"path", "reason"}: unreadable videos are reported, never replaced.
+    """
+    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
+    if not paths:
+        raise FileNotFoundError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {folder}")
+    skipped: list[dict] = []
+
+    def rows(run_id):  # run_id: a fresh fingerprint, so the datasets cache never hides this run's skips
+        for path in paths:
+            try:
+                audio = prepare_audio(str(path), sampling_rate, name=str(path))
+                image = frame_at(str(path), frame)
+            except (AudioInputError, RuntimeError, ValueError) as error:
+                skipped.append({"path": str(path), "reason": str(error)})
+                logger.warning("skipped %s: %s", path, error)
+                continue
+            yield {"id": str(path.relative_to(folder).with_suffix("")),
+                   "audio": {"array": audio.astype(np.float32), "sampling_rate": sampling_rate}, "image": image}
+
+    dataset = datasets.Dataset.from_generator(rows, features=PAIR_FEATURES, cache_dir=cache_dir,
+                                              gen_kwargs={"run_id": uuid.uuid4().hex})
+    if skipped:
+        logger.warning("%d of %d videos skipped", len(skipped), len(paths))
+    return dataset, skipped

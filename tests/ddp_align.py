@@ -1,0 +1,41 @@
+"""Launched by test_alignment.py, alone or under `accelerate launch --num_processes 2`: a short alignment run whose
+logged losses are written as JSON by the main process."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from dali_hf.trainers import AlignmentConfig, DistributionAlignmentTrainer
+
+from dali_hf import LlavaAudioForConditionalGeneration, LlavaAudioProcessor
+from dali_hf.tiny import tiny_audio_encoder, tiny_llava, tiny_llava_processor, tiny_tokenizer
+
+
+def main(output_dir: str, per_device_batch: int, objective: str) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_alignment import pairs_dataset
+
+    torch.set_num_threads(1)
+    tokenizer, vocab_size = tiny_tokenizer()
+    llava = tiny_llava(vocab_size, tokenizer.convert_tokens_to_ids("<image>"))
+    audio_config, feature_extractor = tiny_audio_encoder("ast")
+    processor = LlavaAudioProcessor.from_llava(tiny_llava_processor(tokenizer), feature_extractor,
+                                               audio_config=audio_config)
+    torch.manual_seed(1)
+    model = LlavaAudioForConditionalGeneration.from_llava(llava, audio_config, processor=processor)
+    args = AlignmentConfig(output_dir=output_dir, objective=objective, per_device_train_batch_size=per_device_batch,
+                           learning_rate=1e-3, num_train_epochs=2, logging_steps=1, save_strategy="no",
+                           report_to=[], seed=0, use_cpu=True, disable_tqdm=True, uniform_epochs=1,
+                           lambda_values=[0.05], lambda_final=0.05)
+    trainer = DistributionAlignmentTrainer(model=model, args=args, train_dataset=pairs_dataset(),
+                                           processing_class=processor)
+    assert trainer.accelerator.num_processes == int(sys.argv[4]), 'not the requested number of processes'
+    trainer.train()
+    if trainer.is_world_process_zero():
+        losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+        Path(output_dir, "losses.json").write_text(json.dumps(losses))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3])  # argv[4]: the expected number of processes
