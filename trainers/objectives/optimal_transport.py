@@ -83,25 +83,29 @@ def _weights(weights, shape, like, name) -> torch.Tensor:
 def _exact(cost, a, b, num_threads, max_iter):
     import ot
 
-    costs = cost.to("cpu", torch.float64).numpy()
+    costs = cost.to("cpu")
     a64 = a.to("cpu", torch.float64).numpy()
     b64 = b.to("cpu", torch.float64).numpy()
+    plans = torch.empty(costs.shape, dtype=cost.dtype)
+    u = torch.empty(a.shape, dtype=torch.float64)
+    v = torch.empty(b.shape, dtype=torch.float64)
 
-    def solve(i):
+    def solve(i):  # each thread writes its own clip's rows; the network simplex releases the GIL
         a_i, b_i = a64[i] / a64[i].sum(), b64[i] / b64[i].sum()
-        plan, log = ot.emd(a_i, b_i, costs[i], numItermax=max_iter, log=True)
+        plan, log = ot.emd(a_i, b_i, costs[i].numpy().astype(np.float64), numItermax=max_iter, log=True)
         if log["warning"] is not None:
             warnings.warn(f"exact OT, clip {i}: {log['warning']}", stacklevel=3)
-        return plan, log["u"], log["v"]
+        plans[i] = torch.from_numpy(plan)
+        u[i], v[i] = torch.from_numpy(log["u"]), torch.from_numpy(log["v"])
 
     workers = min(len(costs), num_threads or os.cpu_count() or 1)
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:
-            solutions = list(pool.map(solve, range(len(costs))))
+            list(pool.map(solve, range(len(costs))))
     else:
-        solutions = [solve(i) for i in range(len(costs))]
-    plans, us, vs = (torch.from_numpy(np.stack(parts)).to(cost.device, cost.dtype) for parts in zip(*solutions, strict=True))
-    return plans, us, vs
+        for i in range(len(costs)):
+            solve(i)
+    return plans.to(cost.device), u.to(cost.device, cost.dtype), v.to(cost.device, cost.dtype)
 
 
 def _sinkhorn(cost, a, b, epsilon, max_iter, tol=1e-4):
