@@ -1,56 +1,110 @@
-"""`dali-hf` command line: each subcommand is a thin wrapper over the library."""
+"""`dali-hf` command line: each subcommand is a thin wrapper over the library.
+
+Training subcommands take `--model` and `--data` (a `datasets.save_to_disk` folder in the column convention); every
+field of the stage's TrainingArguments subclass is a flag too (`--output_dir out --num_train_epochs 20 ...`), or
+comes from `--config file.json|yaml`. Progress bars are the Trainer's.
+"""
 
 import argparse
+import json
 import os
 import sys
 
 __all__ = ["main"]
 
+TRAINING_STAGES = {
+    # subcommand: (trainer class, config class, help)
+    "prefix-tune": ("PrefixTuningTrainer", "PrefixTuningConfig",
+                    "stage 1a: learn the prefix on (image, sound caption) pairs"),
+    "align": ("DistributionAlignmentTrainer", "AlignmentConfig",
+              "stage 1b: align the audio encoder to the image tokens (writes token_distributions.png)"),
+    "distill": ("AudioVisualDistillationTrainer", "DistillationConfig",
+                "stage 2: fine-tune the audio projector on pseudo-captions (--captions)"),
+}
 
-def _add_align(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "align",
-        help="stage 1b: align the audio encoder to the image tokens (DistributionAlignmentTrainer)",
-        description="Any AlignmentConfig / TrainingArguments field is a flag too (e.g. --objective ot --solver "
-        "sinkhorn --num_train_epochs 20 --per_device_train_batch_size 256 --output_dir out); --config reads them "
-        "from a JSON or YAML file instead.",
-    )
+
+def _add_training_stage(subparsers, name: str) -> None:
+    help_text = TRAINING_STAGES[name][2]
+    parser = subparsers.add_parser(name, help=help_text, description=help_text + ". " + __doc__.split("\n\n")[1])
     parser.add_argument("--model", required=True, help="LlavaAudio folder or Hub id (model + processor)")
-    parser.add_argument("--data", required=True, help="(audio, image) pairs: a `datasets.save_to_disk` folder")
-    parser.add_argument("--eval-data", help="held-out pairs, same format (eval uses uniform OT weights)")
-    parser.add_argument("--config", help="JSON/YAML file of AlignmentConfig fields")
-    parser.add_argument("--resume", nargs="?", const=True, default=None,
-                        help="resume from the last checkpoint in output_dir (or from the given checkpoint)")
-    parser.set_defaults(func=_run_align)
+    parser.add_argument("--data", required=True, help="training rows: a datasets.save_to_disk folder")
+    if name == "align":
+        parser.add_argument("--eval-data", help="held-out pairs (evaluation uses uniform OT weights)")
+    if name == "distill":
+        parser.add_argument("--captions", required=True, help="output folder of `dali-hf pseudo-caption`")
+    parser.add_argument("--config", help="JSON/YAML file of the stage's TrainingArguments fields")
+    parser.set_defaults(func=_run_training_stage)
 
 
-def _run_align(args, extra: list[str]) -> None:
+def _run_training_stage(args, extra: list[str]) -> None:
     import datasets
-    from transformers import AutoModel, AutoProcessor, HfArgumentParser
+    from transformers import HfArgumentParser
 
-    from .trainers import AlignmentConfig, DistributionAlignmentTrainer
+    from . import recipe, trainers
 
-    config_parser = HfArgumentParser(AlignmentConfig)
+    trainer_name, config_name, _ = TRAINING_STAGES[args.command]
+    config_class = getattr(trainers, config_name)
+    config_parser = HfArgumentParser(config_class)
     if args.config:
-        read = config_parser.parse_yaml_file if args.config.endswith((".yaml", ".yml")) else \
-            config_parser.parse_json_file
+        read = (config_parser.parse_yaml_file if args.config.endswith((".yaml", ".yml"))
+                else config_parser.parse_json_file)
         (config,) = read(args.config)
     else:
         (config,) = config_parser.parse_args_into_dataclasses(extra)
-    model = AutoModel.from_pretrained(args.model)
-    processor = AutoProcessor.from_pretrained(args.model)
-    trainer = DistributionAlignmentTrainer(
-        model=model, args=config, processing_class=processor, train_dataset=datasets.load_from_disk(args.data),
-        eval_dataset=datasets.load_from_disk(args.eval_data) if args.eval_data else None,
-    )
-    trainer.train(resume_from_checkpoint=args.resume)
-    trainer.save_model()
-    processor.save_pretrained(config.output_dir)
-    if trainer.is_world_process_zero():
-        figure = os.path.join(config.output_dir, "token_distributions.png")
-        trainer.plot_token_distributions(figure)
-        print(f"token distributions: {figure}")
-    print(f"aligned model written to {config.output_dir}")
+    train = datasets.load_from_disk(args.data)
+    if args.command == "distill":
+        train = trainers.attach_captions(train, datasets.load_from_disk(os.path.join(args.captions, "dataset")))
+    evaluation = datasets.load_from_disk(args.eval_data) if getattr(args, "eval_data", None) else None
+    recipe.run_training_stage(getattr(trainers, trainer_name), config, args.model, train, eval_dataset=evaluation)
+    print(f"model written to {config.output_dir}")
+
+
+def _add_pseudo_caption(subparsers) -> None:
+    parser = subparsers.add_parser("pseudo-caption", help="caption (audio, image) pairs from image + audio + prefix",
+                                   description="Resumable: rerun the same command after an interruption.")
+    parser.add_argument("--model", required=True, help="aligned LlavaAudio folder (after stages 1a and 1b)")
+    parser.add_argument("--data", required=True, help="(audio, image) pairs: a datasets.save_to_disk folder")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--paper-sampling", action="store_true",
+                        help="sample at temperature 0.2 like the reference code (default: greedy, reproducible)")
+    parser.set_defaults(func=_run_pseudo_caption)
+
+
+def _run_pseudo_caption(args) -> None:
+    import datasets
+    from transformers import AutoModel, AutoProcessor
+
+    from .trainers import generate_pseudo_captions
+
+    sampling = dict(do_sample=True, temperature=0.2) if args.paper_sampling else dict(do_sample=False)
+    result = generate_pseudo_captions(AutoModel.from_pretrained(args.model), AutoProcessor.from_pretrained(args.model),
+                                      datasets.load_from_disk(args.data), args.output_dir,
+                                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, **sampling)
+    print(f"{len(result)} pseudo-captions in {args.output_dir}")
+
+
+def _add_train(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="run stages 1a, 1b, pseudo-captioning and 2 from one config",
+                                   description="Stages 1a, 1b, 2a, 2b in <output_dir>/<stage>; done stages are "
+                                   "skipped, interrupted ones resume.")
+    parser.add_argument("--config", required=True, help="JSON or YAML recipe (see dali_hf.recipe.run_recipe)")
+    parser.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> None:
+    from .recipe import run_recipe
+
+    if args.config.endswith((".yaml", ".yml")):
+        import yaml
+
+        with open(args.config, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle)
+    else:
+        with open(args.config, encoding="utf-8") as handle:
+            config = json.load(handle)
+    print(f"final captioner: {run_recipe(config)}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,14 +113,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="dali-hf", description="DALI zero-shot audio captioning")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_convert_subcommand(subparsers)
-    _add_align(subparsers)
+    for name in TRAINING_STAGES:
+        _add_training_stage(subparsers, name)
+    _add_pseudo_caption(subparsers)
+    _add_train(subparsers)
     args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if args.command == "align":
+    if args.command in TRAINING_STAGES:
         args.func(args, extra)
-    else:
-        if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.func(args)
+        return
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.func(args)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,30 @@
 """DALI's training stages as Trainer subclasses, and their objectives."""
 
 from .alignment import SCORERS_NAME, AlignmentConfig, DistributionAlignmentTrainer
-from .collators import AlignmentCollator
+from .collators import AlignmentCollator, CaptionCollator
+from .distillation import (
+    AudioVisualDistillationTrainer,
+    DistillationConfig,
+    attach_captions,
+    generate_pseudo_captions,
+)
 from .objectives import AttentiveMarginals, contrastive_loss, lambda_schedule, mmd_loss, ot_loss
+from .prefix import PrefixTuningConfig, PrefixTuningTrainer
 
 __all__ = [
     "SCORERS_NAME",
     "AlignmentCollator",
     "AlignmentConfig",
     "AttentiveMarginals",
+    "AudioVisualDistillationTrainer",
+    "CaptionCollator",
+    "DistillationConfig",
     "DistributionAlignmentTrainer",
+    "PrefixTuningConfig",
+    "PrefixTuningTrainer",
+    "attach_captions",
     "contrastive_loss",
+    "generate_pseudo_captions",
     "lambda_schedule",
     "mmd_loss",
     "ot_loss",

@@ -6,7 +6,7 @@ from PIL import Image
 
 from ..audio_io import prepare_audio
 
-__all__ = ["AlignmentCollator", "load_image"]
+__all__ = ["AlignmentCollator", "CaptionCollator", "load_image"]
 
 
 def load_image(source, name: str = "image") -> Image.Image:
@@ -40,3 +40,45 @@ class AlignmentCollator:
         images = [load_image(ex["image"], name=f"image of item {ex.get('id', i)!r}") for i, ex in enumerate(examples)]
         batch["pixel_values"] = self.image_processor(images, return_tensors="pt")["pixel_values"]
         return batch
+
+
+class CaptionCollator:
+    """(inputs, caption) rows -> a language-modelling batch: the chat prompt for the chosen inputs, then the caption
+    and EOS as the only labelled tokens (the prompt, the placeholders and the padding are -100).
+
+    Prompt and caption are tokenised apart and joined as ids (as TRL does), so the label boundary never depends on
+    how the tokenizer would merge them; rows are padded on the right.
+    """
+
+    def __init__(self, processor, image: bool = False, audio: bool = False, prefix: bool = False,
+                 prompt: str | None = None):
+        if not (image or audio):
+            raise ValueError("CaptionCollator needs image=True and/or audio=True")
+        self.processor, self.image, self.audio = processor, image, audio
+        self.prompt = processor.caption_prompt(image=image, audio=audio, prefix=prefix, prompt=prompt)
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        processor, tokenizer = self.processor, self.processor.tokenizer
+        kwargs = {}
+        if self.image:
+            kwargs["images"] = [load_image(ex["image"], name=f"image of item {ex.get('id', i)!r}")
+                                for i, ex in enumerate(examples)]
+        if self.audio:
+            rate = processor.feature_extractor.sampling_rate
+            kwargs["audio"] = [prepare_audio(ex["audio"], rate, name=f"audio of item {ex.get('id', i)!r}")
+                               for i, ex in enumerate(examples)]
+            kwargs["sampling_rate"] = rate
+        batch = processor(text=[self.prompt] * len(examples), padding_side="right", return_tensors="pt", **kwargs)
+        rows, labels = [], []
+        for ids, mask, ex in zip(batch["input_ids"], batch["attention_mask"], examples, strict=True):
+            prompt_ids = ids[mask.bool()].tolist()
+            caption_ids = tokenizer(ex["caption"].strip(), add_special_tokens=False)["input_ids"]
+            caption_ids = caption_ids + [tokenizer.eos_token_id]
+            rows.append(prompt_ids + caption_ids)
+            labels.append([-100] * len(prompt_ids) + caption_ids)
+        length = max(map(len, rows))
+        pad = tokenizer.pad_token_id
+        batch["input_ids"] = torch.tensor([r + [pad] * (length - len(r)) for r in rows])
+        batch["attention_mask"] = torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows])
+        batch["labels"] = torch.tensor([lab + [-100] * (length - len(lab)) for lab in labels])
+        return dict(batch)

@@ -1,0 +1,37 @@
+"""Shared pieces of the captioning stages (1a prefix tuning, 2 distillation): freeze all but one part, train it
+with the language-model loss on captions."""
+
+from transformers import Trainer
+
+__all__ = ["CaptionStageTrainer", "freeze_all_but"]
+
+
+def freeze_all_but(model, part: str) -> None:
+    """Only `model.model.<part>` trains; everything else is frozen (and so left bit-for-bit unchanged)."""
+    if model is None:
+        raise ValueError("the trainer needs a LlavaAudio model")
+    model.requires_grad_(False)
+    module = getattr(model.model, part)
+    if hasattr(module, "requires_grad_"):
+        module.requires_grad_(True)
+    else:  # a bare nn.Parameter
+        module.requires_grad = True
+
+
+class CaptionStageTrainer(Trainer):
+    """A Trainer whose collator builds (prompt, caption) batches from the column convention and that trains only
+    `trained_part`; subclasses name the part and the prompt inputs."""
+
+    trained_part: str = ""
+
+    def __init__(self, model=None, args=None, data_collator=None, processing_class=None, **kwargs):
+        if data_collator is None:
+            if processing_class is None:
+                raise ValueError(f"pass processing_class=LlavaAudioProcessor to {type(self).__name__}")
+            data_collator = self.build_collator(processing_class, args)
+        freeze_all_but(model, self.trained_part)
+        super().__init__(model=model, args=args, data_collator=data_collator, processing_class=processing_class,
+                         **kwargs)
+
+    def build_collator(self, processor, args):
+        raise NotImplementedError
