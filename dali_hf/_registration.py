@@ -8,6 +8,7 @@ from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
 )
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .modeling import (
     CavMaeAudioConfig,
@@ -17,6 +18,7 @@ from .modeling import (
     LlavaAudioForConditionalGeneration,
     LlavaAudioProcessor,
 )
+from .modeling.pipeline_audio_captioning import AudioCaptioningPipeline
 
 # Auto classes that give the captioner itself: the user's `AutoModel.from_pretrained("org/dali-...")` must
 # caption, so AutoModel maps to the generation class too.
@@ -44,3 +46,8 @@ def register() -> None:
     CavMaeAudioConfig.register_for_auto_class()
     CavMaeAudioModel.register_for_auto_class("AutoModel")
     CavMaeFeatureExtractor.register_for_auto_class()
+
+    # pipeline("audio-captioning")
+    if "audio-captioning" not in PIPELINE_REGISTRY.get_supported_tasks():
+        PIPELINE_REGISTRY.register_pipeline("audio-captioning", pipeline_class=AudioCaptioningPipeline,
+                                            pt_model=AutoModelForImageTextToText, type="multimodal")

@@ -85,6 +85,41 @@ def _run_pseudo_caption(args) -> None:
     print(f"{len(result)} pseudo-captions in {args.output_dir}")
 
 
+def _add_caption(subparsers) -> None:
+    parser = subparsers.add_parser("caption", help="caption audio or video files with a LlavaAudio model",
+                                   description="Writes one json line per file; unreadable files are reported in the "
+                                   "output and the summary, and the run goes on.")
+    parser.add_argument("inputs", nargs="+", help="files and/or folders (searched recursively)")
+    parser.add_argument("--model", required=True, help="LlavaAudio folder or Hub id")
+    parser.add_argument("--mode", default="audio", choices=["audio", "audiovisual"],
+                        help="audiovisual uses a frame of each video (--frame)")
+    parser.add_argument("--frame", default="middle", help='"middle", "first" or seconds')
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--output", default="captions.jsonl")
+    parser.add_argument("--preset", default="greedy", choices=["greedy", "paper"])
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--prompt")
+    parser.add_argument("--chunk-length-s", type=float, help="window for long audio (default: the encoder's input)")
+    parser.add_argument("--stride-length-s", type=float, default=0.0, help="overlap of consecutive windows")
+    parser.set_defaults(func=_run_caption)
+
+
+def _run_caption(args) -> None:
+    from transformers import pipeline
+
+    from .captioning import caption_files, find_media
+
+    files = find_media(args.inputs)
+    frame = args.frame if args.frame in ("middle", "first") else float(args.frame)
+    captioner = pipeline("audio-captioning", model=args.model)
+    summary = caption_files(captioner, files, args.output, batch_size=args.batch_size, mode=args.mode, frame=frame,
+                            preset=args.preset, max_new_tokens=args.max_new_tokens, prompt=args.prompt,
+                            chunk_length_s=args.chunk_length_s, stride_length_s=args.stride_length_s)
+    print(f"{summary['captioned']} of {len(files)} files captioned -> {args.output}")
+    for row in summary["failed"]:
+        print(f"  failed: {row['file']}: {row['error']}")
+
+
 def _add_train(subparsers) -> None:
     parser = subparsers.add_parser("train", help="run stages 1a, 1b, pseudo-captioning and 2 from one config",
                                    description="Stages 1a, 1b, 2a, 2b in <output_dir>/<stage>; done stages are "
@@ -116,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in TRAINING_STAGES:
         _add_training_stage(subparsers, name)
     _add_pseudo_caption(subparsers)
+    _add_caption(subparsers)
     _add_train(subparsers)
     args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.command in TRAINING_STAGES:

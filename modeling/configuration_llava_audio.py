@@ -74,6 +74,9 @@ class LlavaAudioConfig(PreTrainedConfig):
         audio_config = self.audio_config
         if isinstance(audio_config, dict) and audio_config.get("model_type") == CavMaeAudioConfig.model_type:
             self.audio_config = CavMaeAudioConfig(**audio_config)
+        custom_pipelines = _without_locally_registered(kwargs.pop("custom_pipelines", None))
+        if custom_pipelines:
+            kwargs["custom_pipelines"] = custom_pipelines
         super().__post_init__(**kwargs)
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
@@ -105,3 +108,16 @@ def audio_token_count(audio_config: PreTrainedConfig) -> int | None:
         c = audio_config
         return (c.num_mel_bins // c.patch_size) * (c.target_length // c.patch_size)
     return None
+
+
+def _without_locally_registered(custom_pipelines: dict | None) -> dict | None:
+    """Saved folders name their pipeline as remote code (for Pythons without dali_hf); where dali_hf has registered
+    the task itself, the registered pipeline is used, without asking for trust_remote_code."""
+    if not custom_pipelines:
+        return custom_pipelines
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    registered = PIPELINE_REGISTRY.supported_tasks
+    return {task: info for task, info in custom_pipelines.items()
+            if task not in registered
+            or not str(info.get("impl", "")).endswith("." + registered[task]["impl"].__name__)}

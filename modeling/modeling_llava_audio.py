@@ -9,6 +9,8 @@ embeddings placed wherever the processor put the prefix placeholder.
 
 import copy
 import inspect
+import os
+import shutil
 from dataclasses import dataclass
 
 import torch
@@ -291,7 +293,15 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
         self.config.auto_map = (getattr(self.config, "auto_map", None) or {}) | {
             auto_class: entry for auto_class in _CAPTIONER_AUTO_CLASSES
         }
-        return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+        # The captioning pipeline travels with the model: `pipeline(model=folder, trust_remote_code=True)`.
+        self.config.custom_pipelines = {
+            "audio-captioning": {"impl": f"{_PIPELINE_MODULE}.AudioCaptioningPipeline",
+                                 "pt": ["AutoModelForImageTextToText"], "type": "multimodal"}
+        }
+        saved = super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+        if kwargs.get("is_main_process", True):
+            _copy_with_relative_imports(_PIPELINE_FILE, save_directory)
+        return saved
 
     def get_image_tokens(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
         """See [`LlavaAudioModel.get_image_tokens`]."""
@@ -469,6 +479,8 @@ def build_audio_encoder(audio_config):
 
 
 _MODULE = __name__.rsplit(".", 1)[-1]
+_PIPELINE_MODULE = "pipeline_audio_captioning"
+_PIPELINE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{_PIPELINE_MODULE}.py")
 _CAPTIONER_AUTO_CLASSES = ("AutoModel", "AutoModelForImageTextToText", "AutoModelForMultimodalLM")
 
 # LLaVA settings that the captioner keeps as they are
@@ -480,6 +492,13 @@ _LLAVA_FIELDS = (
     "multimodal_projector_bias",
     "tie_word_embeddings",
 )
+
+
+def _copy_with_relative_imports(path: str, folder) -> None:
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    for file in [path, *get_relative_import_files(path)]:
+        shutil.copy(file, folder)
 
 
 def _num_feature_layers(config) -> int:
