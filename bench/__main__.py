@@ -1,8 +1,10 @@
 """`make bench`: run every benchmark in this folder."""
 
-from . import model_overhead, objectives
+from . import model_overhead, objectives, pipeline_throughput
 
 if __name__ == "__main__":
     model_overhead.main()
+    print()
+    pipeline_throughput.main()
     print()
     objectives.main()
