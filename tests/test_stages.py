@@ -165,3 +165,26 @@ def test_train_runs_the_whole_recipe_and_skips_done_stages(llava_parts, captione
     capsys.readouterr()
     main(["train", "--config", str(tmp_path / "recipe.json")])
     assert capsys.readouterr().out.count("already done, skipped") == 4
+
+
+def test_distillation_with_lora_saves_a_plain_merged_folder(llava_parts, captioned, tmp_path):
+    from transformers import AutoModel
+
+    model, processor = fresh_captioner(llava_parts)
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    trainer = AudioVisualDistillationTrainer(
+        model=model, args=DistillationConfig(**_settings(tmp_path, learning_rate=0.01, lora_r=4)),
+        train_dataset=captioned, processing_class=processor)
+    assert any("lora_" in name for name, p in model.named_parameters() if p.requires_grad)
+    trainer.train()
+    trainer.save_model()
+    saved = AutoModel.from_pretrained(tmp_path)
+    names = dict(saved.named_parameters())
+    assert not any("lora" in name for name in names)
+    changed = {name for name, p in names.items() if not torch.equal(p, before[name])}
+    assert any(".self_attn.q_proj." in name for name in changed)
+    assert any(name.startswith("model.audio_multi_modal_projector") for name in changed)
+    assert all(name.startswith(("model.language_model.", "model.audio_multi_modal_projector")) for name in changed)
+    with torch.no_grad():  # the merged folder computes what the adapted model computed
+        batch = trainer.data_collator([captioned[0]])
+        assert torch.allclose(saved(**batch).logits, model(**batch).logits, atol=1e-5)

@@ -44,16 +44,53 @@ class DistillationConfig(TrainingArguments):
     warmup_ratio: float = field(default=0.03)
     num_train_epochs: float = field(default=1.0)
     remove_unused_columns: bool = field(default=False)
+    lora_r: int = field(default=0, metadata={"help": "rank of LoRA adapters on the language model; 0 = off (the "
+                                                     "paper trains the audio projector only)"})
+    lora_alpha: int = field(default=16)
+    lora_dropout: float = field(default=0.05)
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
 
 
 class AudioVisualDistillationTrainer(CaptionStageTrainer):
-    """Trains `audio_multi_modal_projector` on (audio, caption) rows: "USER: <audio>\\n{prompt} ASSISTANT:"."""
+    """Trains `audio_multi_modal_projector` on (audio, caption) rows: "USER: <audio>\\n{prompt} ASSISTANT:".
+
+    With `lora_r > 0` (an extension, off by default) LoRA adapters on the language model train too, through peft;
+    the final `save_model` merges them, so the output is a plain LlavaAudio folder. LoRA changes the language model,
+    so image captioning is then no longer exactly LLaVA's.
+    """
 
     trained_part = "audio_multi_modal_projector"
+
+    def __init__(self, model=None, args=None, **kwargs):
+        super().__init__(model=model, args=args, **kwargs)
+        if getattr(self.args, "lora_r", 0) > 0:
+            from peft import LoraConfig, inject_adapter_in_model
+
+            lora = LoraConfig(r=self.args.lora_r, lora_alpha=self.args.lora_alpha,
+                              lora_dropout=self.args.lora_dropout, target_modules=self.args.lora_target_modules)
+            inject_adapter_in_model(lora, self.model.model.language_model)
+            for name, param in self.model.model.language_model.named_parameters():
+                param.requires_grad = "lora_" in name
 
     def build_collator(self, processor, args):
         return CaptionCollator(processor, audio=True, prefix=getattr(args, "use_prefix", False),
                                prompt=getattr(args, "prompt", None))
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if not _internal_call and getattr(self.args, "lora_r", 0) > 0:
+            merge_lora(self.model.model.language_model)  # the final folder: plain weights
+        super().save_model(output_dir, _internal_call)
+
+
+def merge_lora(module) -> None:
+    """Fold injected LoRA adapters into their base layers and put the base layers back, in place."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, child in list(module.named_modules()):
+        if isinstance(child, LoraLayer):
+            child.merge()
+            parent_name, _, attribute = name.rpartition(".")
+            setattr(module.get_submodule(parent_name) if parent_name else module, attribute, child.get_base_layer())
 
 
 @torch.no_grad()
