@@ -25,30 +25,27 @@ def find_media(paths: list[str]) -> list[str]:
     return found
 
 
-def caption_files(captioner, files: list[str], output: str, batch_size: int = 1, progress: bool = True,
-                  **call_kwargs) -> dict:
-    """Caption `files` in batches, writing one json line per file to `output`: {"file", "caption"} (and
-    "segments" with timestamps for long audio) or {"file", "error"}. Returns {"captioned": n, "failed": [...]}."""
+def caption_files(captioner, files: list, output: str, batch_size: int = 1, progress: bool = True,
+                  names: list[str] | None = None, **call_kwargs) -> dict:
+    """Caption `files` (paths, or any pipeline input) in batches, writing one json line per input to `output`:
+    {"file", "caption"} (and "segments" with timestamps for long audio) or {"file", "error"}; "file" is the path,
+    or `names[i]` when given. Returns {"captioned": n, "failed": [...]}."""
+    names = [str(f) for f in files] if names is None else list(names)
     failed, captioned = [], 0
     with open(output, "w", encoding="utf-8") as handle, tqdm(total=len(files), disable=not progress,
                                                              desc="captioning", unit="file") as bar:
         for start in range(0, len(files), batch_size):
-            group = files[start:start + batch_size]
+            group = list(range(start, min(start + batch_size, len(files))))
             try:
-                results = list(zip(group, captioner(group, batch_size=batch_size, **call_kwargs), strict=True))
-            except (AudioInputError, OSError, RuntimeError, ValueError):  # find which file: one at a time
-                results = []
-                for file in group:
-                    try:
-                        results.append((file, captioner(file, **call_kwargs)))
-                    except (AudioInputError, OSError, RuntimeError, ValueError) as error:
-                        results.append((file, error))
-            for file, result in results:
+                outputs = captioner([files[i] for i in group], batch_size=batch_size, **call_kwargs)
+            except (AudioInputError, OSError, RuntimeError, ValueError):  # find which input: one at a time
+                outputs = [_caption_or_error(captioner, files[i], call_kwargs) for i in group]
+            for index, result in zip(group, outputs, strict=True):
                 if isinstance(result, Exception):
-                    row = {"file": file, "error": f"{type(result).__name__}: {result}"}
+                    row = {"file": names[index], "error": f"{type(result).__name__}: {result}"}
                     failed.append(row)
                 else:
-                    row = {"file": file, "caption": " ".join(r["caption"] for r in result)}
+                    row = {"file": names[index], "caption": " ".join(r["caption"] for r in result)}
                     if "timestamp" in result[0]:
                         row["segments"] = [{"timestamp": list(r["timestamp"]), "caption": r["caption"]}
                                            for r in result]
@@ -57,3 +54,10 @@ def caption_files(captioner, files: list[str], output: str, batch_size: int = 1,
                 handle.flush()
             bar.update(len(group))
     return {"captioned": captioned, "failed": failed}
+
+
+def _caption_or_error(captioner, item, call_kwargs):
+    try:
+        return captioner(item, **call_kwargs)
+    except (AudioInputError, OSError, RuntimeError, ValueError) as error:
+        return error

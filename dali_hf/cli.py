@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -120,6 +121,61 @@ def _run_caption(args) -> None:
         print(f"  failed: {row['file']}: {row['error']}")
 
 
+def _add_evaluate(subparsers) -> None:
+    parser = subparsers.add_parser("evaluate", help="caption a benchmark and score it (BLEU, METEOR, ROUGE-L, CIDEr-D, "
+                                   "SPICE/SPIDEr with CoreNLP)",
+                                   description="Writes captions.jsonl, scores.json and model_index.json (for a model "
+                                   "card) to --output-dir. Decoding is greedy, so results are reproducible.")
+    parser.add_argument("--model", required=True, help="LlavaAudio folder or Hub id")
+    parser.add_argument("--data", required=True, help="AudioCaps or Clotho csv, or a datasets.save_to_disk folder")
+    parser.add_argument("--format", choices=["audiocaps", "clotho", "hf"], help="default: from the file")
+    parser.add_argument("--audio-dir", help="folder of the audio files (csv formats)")
+    parser.add_argument("--audio-filename", help='AudioCaps file naming, e.g. "{youtube_id}_{start_time}.wav"')
+    parser.add_argument("--mode", default="audio", choices=["audio", "audiovisual"])
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--metrics", nargs="+", help="default: every metric that can run here")
+    parser.add_argument("--dataset-name", help="name in the model-index block (default: from the format)")
+    parser.add_argument("--split", default="test")
+    parser.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args) -> None:
+    from .evaluation import evaluate_captioner, read_audiocaps, read_clotho, read_hf_dataset
+
+    kind = args.format or _guess_format(args.data)
+    if kind in ("audiocaps", "clotho") and not args.audio_dir:
+        raise SystemExit(f"--audio-dir is needed with a {kind} csv")
+    if kind == "audiocaps":
+        data, missing = read_audiocaps(args.data, args.audio_dir, args.audio_filename)
+    elif kind == "clotho":
+        data, missing = read_clotho(args.data, args.audio_dir)
+    else:
+        import datasets
+
+        data, missing = read_hf_dataset(datasets.load_from_disk(args.data))
+    name = args.dataset_name or {"audiocaps": "AudioCaps", "clotho": "Clotho"}.get(kind, Path(args.data).name)
+    scores = evaluate_captioner(args.model, data, args.output_dir, mode=args.mode, batch_size=args.batch_size,
+                                max_new_tokens=args.max_new_tokens, metrics=args.metrics, dataset_name=name,
+                                split=args.split, model_name=Path(args.model).name, missing=missing)
+    print(json.dumps(scores, indent=2))
+    if missing:
+        print(f"{len(missing)} clips had no audio file (listed in {args.output_dir}/scores.json)")
+
+
+def _guess_format(path: str) -> str:
+    if os.path.isdir(path):
+        return "hf"
+    with open(path, encoding="utf-8") as handle:
+        header = handle.readline()
+    if "youtube_id" in header:
+        return "audiocaps"
+    if "file_name" in header:
+        return "clotho"
+    raise SystemExit(f"cannot tell the format of {path}: pass --format")
+
+
 def _add_train(subparsers) -> None:
     parser = subparsers.add_parser("train", help="run stages 1a, 1b, pseudo-captioning and 2 from one config",
                                    description="Stages 1a, 1b, 2a, 2b in <output_dir>/<stage>; done stages are "
@@ -152,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         _add_training_stage(subparsers, name)
     _add_pseudo_caption(subparsers)
     _add_caption(subparsers)
+    _add_evaluate(subparsers)
     _add_train(subparsers)
     args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.command in TRAINING_STAGES:

@@ -1,0 +1,176 @@
+"""Benchmark readers (AudioCaps, Clotho, Hugging Face datasets) and the evaluation runner behind `dali-hf evaluate`.
+
+Every reader returns a `datasets.Dataset` with `id`, `audio` (a file path or an {"array", "sampling_rate"} dict)
+and `references` (the clip's human captions), plus the list of clips whose audio file is missing: those are
+counted and reported, never dropped silently.
+"""
+
+import csv
+import json
+import logging
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import datasets
+
+from .captioning import MEDIA_EXTENSIONS
+
+__all__ = ["read_audiocaps", "read_clotho", "read_hf_dataset", "evaluate_captioner"]
+
+logger = logging.getLogger(__name__)
+
+
+def read_audiocaps(csv_path: str, audio_dir: str, filename: str | None = None) -> tuple[datasets.Dataset, list[dict]]:
+    """AudioCaps csv (`audiocap_id, youtube_id, start_time, caption`; 5 rows per test clip), grouped by clip.
+
+    `filename`: how audio files are named, with `{youtube_id}`, `{start_time}` and `{audiocap_id}` fields (e.g.
+    "{youtube_id}_{start_time}.wav"); by default the first file in `audio_dir` whose name starts with the YouTube id
+    (or "Y" + id, as AudioSet downloads name them).
+    """
+    clips: OrderedDict[tuple[str, str], dict] = OrderedDict()
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        _require_columns(reader.fieldnames, ("audiocap_id", "youtube_id", "start_time", "caption"), csv_path)
+        for row in reader:
+            key = (row["youtube_id"], row["start_time"])
+            clip = clips.setdefault(key, {"audiocap_id": row["audiocap_id"], "references": []})
+            clip["references"].append(row["caption"].strip())
+    index = _index_audio_dir(audio_dir) if filename is None else None
+    rows, missing = [], []
+    for (youtube_id, start_time), clip in clips.items():
+        clip_id = f"{youtube_id}_{start_time}"
+        if filename is not None:
+            path = os.path.join(audio_dir, filename.format(youtube_id=youtube_id, start_time=start_time,
+                                                           audiocap_id=clip["audiocap_id"]))
+            path = path if os.path.isfile(path) else None
+        else:
+            path = index.get(youtube_id) or index.get("Y" + youtube_id)
+        if path is None:
+            missing.append({"id": clip_id, "reason": f"no audio file for YouTube id {youtube_id} in {audio_dir}"})
+            continue
+        rows.append({"id": clip_id, "audio": path, "references": clip["references"]})
+    return _dataset(rows, missing, csv_path)
+
+
+def read_clotho(csv_path: str, audio_dir: str) -> tuple[datasets.Dataset, list[dict]]:
+    """Clotho captions csv (`file_name, caption_1 .. caption_5`), audio files in `audio_dir`."""
+    rows, missing = [], []
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        _require_columns(reader.fieldnames, ("file_name", "caption_1"), csv_path)
+        caption_columns = sorted((c for c in reader.fieldnames if c.startswith("caption_")),
+                                 key=lambda c: int(c.split("_")[1]))
+        for row in reader:
+            path = os.path.join(audio_dir, row["file_name"])
+            if not os.path.isfile(path):
+                missing.append({"id": row["file_name"], "reason": f"audio file not found: {path}"})
+                continue
+            rows.append({"id": row["file_name"], "audio": path,
+                         "references": [row[c].strip() for c in caption_columns if row[c].strip()]})
+    return _dataset(rows, missing, csv_path)
+
+
+def read_hf_dataset(dataset: datasets.Dataset, audio_column: str = "audio", caption_columns=None,
+                    id_column: str | None = "id") -> tuple[datasets.Dataset, list[dict]]:
+    """A Hugging Face dataset with an audio column and caption column(s): `caption_columns` is a list of string
+    columns or one column holding a list of captions (default: every column whose name starts with "caption")."""
+    columns = dataset.column_names
+    if audio_column not in columns:
+        raise ValueError(f"no audio column {audio_column!r} in the dataset (columns: {columns})")
+    if caption_columns is None:
+        caption_columns = [c for c in columns if c.startswith("caption")]
+    caption_columns = [caption_columns] if isinstance(caption_columns, str) else list(caption_columns)
+    if not caption_columns:
+        raise ValueError(f"no caption columns found (columns: {columns}): pass caption_columns=")
+    rows, missing = [], []
+    for index, example in enumerate(dataset):
+        clip_id = str(example[id_column]) if id_column in columns else str(index)
+        references = []
+        for column in caption_columns:
+            value = example[column]
+            references += [value] if isinstance(value, str) else list(value)
+        audio = example[audio_column]
+        if isinstance(audio, str) and not os.path.isfile(audio):
+            missing.append({"id": clip_id, "reason": f"audio file not found: {audio}"})
+            continue
+        rows.append({"id": clip_id, "audio": audio, "references": [r.strip() for r in references if r.strip()]})
+    return _dataset(rows, missing, "the dataset")
+
+
+def evaluate_captioner(model, data: datasets.Dataset, output_dir: str, mode: str = "audio", batch_size: int = 8,
+                       max_new_tokens: int = 64, metrics=None, dataset_name: str = "custom", split: str = "test",
+                       model_name: str | None = None, missing: list[dict] | None = None) -> dict:
+    """Caption every clip of `data` (greedy: reproducible), score against the references, and write
+    `captions.jsonl`, `scores.json` and `model_index.json` (a model-index block for a model card) to
+    `output_dir`. Returns the scores."""
+    from huggingface_hub import EvalResult
+    from huggingface_hub.repocard_data import eval_results_to_model_index
+    from transformers import pipeline
+
+    from .captioning import caption_files
+    from .metrics import score
+
+    os.makedirs(output_dir, exist_ok=True)
+    captioner = pipeline("audio-captioning", model=model) if isinstance(model, str) else model
+    raw = os.path.join(output_dir, "captions.raw.jsonl")
+    summary = caption_files(captioner, list(data["audio"]), raw, batch_size=batch_size, names=list(data["id"]),
+                            mode=mode, max_new_tokens=max_new_tokens)
+    rows = [json.loads(line) for line in Path(raw).read_text(encoding="utf-8").splitlines()]
+    os.remove(raw)
+    scored, failed = [], list(missing or []) + summary["failed"]
+    with open(os.path.join(output_dir, "captions.jsonl"), "w", encoding="utf-8") as handle:
+        for clip_id, references, row in zip(data["id"], data["references"], rows, strict=True):
+            entry = {"id": clip_id, **{k: v for k, v in row.items() if k != "file"}, "references": references}
+            handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            if "caption" in row:
+                scored.append((row["caption"], references))
+    if not scored:
+        raise RuntimeError(f"no clip could be captioned; see {output_dir}/captions.jsonl")
+    results = score([c for c, _ in scored], [r for _, r in scored], metrics)
+    report = {"scores": results, "clips_scored": len(scored), "clips_failed": failed, "mode": mode,
+              "decoding": {"do_sample": False, "max_new_tokens": max_new_tokens}}
+    Path(output_dir, "scores.json").write_text(json.dumps(report, indent=2))
+    eval_results = [
+        EvalResult(task_type="audio-captioning", task_name="Audio captioning", dataset_type=dataset_name.lower(),
+                   dataset_name=dataset_name, dataset_split=split, metric_type=name, metric_name=name.upper(),
+                   metric_value=round(100 * value, 2))
+        for name, value in results.items()
+    ]
+    model_index = eval_results_to_model_index(model_name or "dali", eval_results)
+    Path(output_dir, "model_index.json").write_text(json.dumps(model_index, indent=2))
+    if failed:
+        logger.warning("%d clips could not be captioned or had no audio; listed in scores.json", len(failed))
+    return results
+
+
+def _index_audio_dir(audio_dir: str) -> dict[str, str]:
+    """{file-name prefix up to the first "_" or "." : path} of the media files in `audio_dir`."""
+    if not os.path.isdir(audio_dir):
+        raise FileNotFoundError(f"audio folder not found: {audio_dir}")
+    index = {}
+    for path in sorted(Path(audio_dir).iterdir()):
+        if path.suffix.lower() in MEDIA_EXTENSIONS:
+            index.setdefault(path.stem, str(path))
+            # YouTube ids contain "_": also index every prefix ending before a "_" + start time
+            stem = path.stem
+            while "_" in stem:
+                stem = stem.rsplit("_", 1)[0]
+                index.setdefault(stem, str(path))
+    return index
+
+
+def _require_columns(found, needed, path) -> None:
+    missing = [c for c in needed if c not in (found or [])]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing} (found {found})")
+
+
+def _dataset(rows, missing, source) -> tuple[datasets.Dataset, list[dict]]:
+    if missing:
+        logger.warning("%d clips of %s have no audio file; reported, not used", len(missing), source)
+    features = datasets.Features({"id": datasets.Value("string"), "audio": datasets.Value("string"),
+                                  "references": datasets.List(datasets.Value("string"))})
+    if rows and not isinstance(rows[0]["audio"], str):
+        features = None  # in-memory audio dicts
+    return datasets.Dataset.from_list(rows, features=features), missing

@@ -1,0 +1,10 @@
+"""`evaluate` metric module: SPICE (needs Stanford CoreNLP: DALI_CORENLP_DIR), as `dali_hf.metrics.score` computes it.
+
+    evaluate.load(dali_hf.metrics.metric_module_path("spice")).compute(predictions=[...], references=[[...], ...])
+"""
+
+from dali_hf.metrics import caption_metric_base
+
+
+class Spice(caption_metric_base()):  # the only class in this module: evaluate takes the first
+    names = ("spice",)
