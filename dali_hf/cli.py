@@ -176,6 +176,39 @@ def _guess_format(path: str) -> str:
     raise SystemExit(f"cannot tell the format of {path}: pass --format")
 
 
+def _add_push(subparsers) -> None:
+    parser = subparsers.add_parser("push", help="upload a LlavaAudio folder (weights, config, processor, remote code, "
+                                   "pipeline, model card) to the Hub")
+    parser.add_argument("folder")
+    parser.add_argument("--repo-id", required=True, help="org/name")
+    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--revision", help="branch to upload to (created if needed)")
+    parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    parser.add_argument("--dry-run", action="store_true", help="print the files that would be uploaded, and stop")
+    parser.add_argument("--eval-results", nargs="*", default=[],
+                        help="scores.json files of `dali-hf evaluate` (as NAME=PATH) to put in the model card")
+    parser.set_defaults(func=_run_push)
+
+
+def _run_push(args) -> None:
+    from .hub import UploadError, push
+
+    results = {}
+    for item in args.eval_results:
+        name, _, path = item.partition("=")
+        report = json.loads(Path(path).read_text())
+        results[name] = {"scores": report["scores"], "split": report.get("split", "test")}
+    try:
+        files = push(args.folder, args.repo_id, private=args.private, revision=args.revision,
+                     create_pr=args.create_pr, dry_run=args.dry_run, eval_results=results or None)
+    except UploadError as error:
+        raise SystemExit(f"error: {error}") from None
+    if args.dry_run:
+        print("\n".join(files))
+    else:
+        print(f"uploaded {len(files)} files to https://huggingface.co/{args.repo_id}")
+
+
 def _add_train(subparsers) -> None:
     parser = subparsers.add_parser("train", help="run stages 1a, 1b, pseudo-captioning and 2 from one config",
                                    description="Stages 1a, 1b, 2a, 2b in <output_dir>/<stage>; done stages are "
@@ -209,6 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     _add_pseudo_caption(subparsers)
     _add_caption(subparsers)
     _add_evaluate(subparsers)
+    _add_push(subparsers)
     _add_train(subparsers)
     args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if args.command in TRAINING_STAGES:

@@ -29,6 +29,11 @@ class LlavaAudioConfig(PreTrainedConfig):
     audio_seq_length (`int`, *optional*):
         Number of tokens the audio encoder gives per clip; computed from `audio_config` for the known encoders
         (see [`audio_token_count`]).
+    base_model (`str`, *optional*):
+        The LLaVA checkpoint the captioner was built from (model cards name it).
+    training_stages (`list[dict]`, *optional*):
+        What trained this checkpoint: one record per DALI stage (name, objective, hyper-parameters), written by the
+        trainers, read by the model card.
     """
 
     model_type = "llava_audio"
@@ -65,6 +70,8 @@ class LlavaAudioConfig(PreTrainedConfig):
     vision_feature_layer: int | list[int] = -2
     multimodal_projector_bias: bool = True
     tie_word_embeddings: bool = False
+    base_model: str | None = None
+    training_stages: list[dict] | None = None
 
     def __post_init__(self, **kwargs):
         # llava-hf configs spell the image token `image_token_index`

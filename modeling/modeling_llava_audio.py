@@ -430,6 +430,7 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
             audio_token_id=audio_token_id,
             prefix_token_id=prefix_token_id,
             num_prefix_tokens=num_prefix_tokens,
+            base_model=llava.config.name_or_path or None,
             **{field: getattr(llava.config, field) for field in _LLAVA_FIELDS},
         )
         with torch.device("meta"):

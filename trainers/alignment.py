@@ -15,6 +15,7 @@ from transformers import Trainer, TrainingArguments
 
 from .collators import AlignmentCollator
 from .objectives import AttentiveMarginals, contrastive_loss, entropy, lambda_schedule, mmd_loss, ot_loss
+from .stages import ModelCardMixin
 
 __all__ = ["AlignmentConfig", "DistributionAlignmentTrainer", "SCORERS_NAME"]
 
@@ -59,7 +60,7 @@ class AlignmentConfig(TrainingArguments):
             raise ValueError(f"train_audio_parameters must be one of {sorted(TRAINABLE)}")
 
 
-class DistributionAlignmentTrainer(Trainer):
+class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
     """Trains the audio side of a LlavaAudio model so its tokens match the image tokens' distribution.
 
     Objectives: contrastive (baseline), mmd, ot, attentive_ot. For attentive OT the scorers
@@ -68,6 +69,10 @@ class DistributionAlignmentTrainer(Trainer):
     the weights as constants: one OT solve serves both (gradients: plan for A, dual potentials for the weights).
     Evaluation and best-checkpoint selection use uniform weights. Checkpoints hold the scorers and their optimiser.
     """
+
+    stage_name = "alignment"
+    card_fields = ("objective", "solver", "epsilon", "lambda_values", "lambda_final", "uniform_epochs",
+                   "scorer_learning_rate", "train_audio_parameters", "adam_beta1", "weight_decay")
 
     def __init__(self, model=None, args: AlignmentConfig | None = None, data_collator=None,
                  processing_class=None, scorers: AttentiveMarginals | None = None, **kwargs):

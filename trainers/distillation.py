@@ -60,6 +60,8 @@ class AudioVisualDistillationTrainer(CaptionStageTrainer):
     """
 
     trained_part = "audio_multi_modal_projector"
+    stage_name = "distillation"
+    card_fields = ("prompt", "use_prefix", "lora_r", "lr_scheduler_type", "warmup_ratio")
 
     def __init__(self, model=None, args=None, **kwargs):
         super().__init__(model=model, args=args, **kwargs)

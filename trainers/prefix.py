@@ -29,6 +29,8 @@ class PrefixTuningTrainer(CaptionStageTrainer):
     """Trains `prefix_embeddings` on (image, caption) rows: prompt "USER: <image><prefix>\\n{prompt} ASSISTANT:"."""
 
     trained_part = "prefix_embeddings"
+    stage_name = "prefix"
+    card_fields = ("prompt", "lr_scheduler_type", "warmup_ratio")
 
     def build_collator(self, processor, args):
         return CaptionCollator(processor, image=True, prefix=True, prompt=getattr(args, "prompt", None))

@@ -3,7 +3,9 @@ with the language-model loss on captions."""
 
 from transformers import Trainer
 
-__all__ = ["CaptionStageTrainer", "freeze_all_but"]
+from ..hub import record_stage, write_model_card
+
+__all__ = ["CaptionStageTrainer", "ModelCardMixin", "freeze_all_but"]
 
 
 def freeze_all_but(model, part: str) -> None:
@@ -18,7 +20,22 @@ def freeze_all_but(model, part: str) -> None:
         module.requires_grad = True
 
 
-class CaptionStageTrainer(Trainer):
+class ModelCardMixin:
+    """For Trainer subclasses: record the stage's hyper-parameters in the model config (`training_stages`) and write
+    the model card (README.md) with every final save."""
+
+    stage_name: str = ""
+    card_fields: tuple[str, ...] = ()
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        rows = len(self.train_dataset) if hasattr(self.train_dataset, "__len__") else None
+        record_stage(self.model.config, self.stage_name, self.args, rows, self.card_fields)
+        super().save_model(output_dir, _internal_call)
+        if self.args.should_save and not _internal_call:
+            write_model_card(output_dir or self.args.output_dir)
+
+
+class CaptionStageTrainer(ModelCardMixin, Trainer):
     """A Trainer whose collator builds (prompt, caption) batches from the column convention and that trains only
     `trained_part`; subclasses name the part and the prompt inputs."""
 

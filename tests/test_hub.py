@@ -1,0 +1,151 @@
+"""Model cards and Hub uploads, without the network: card metadata round trip and runnable usage code, exactly
+the files a user needs, a remote-code load of those files alone, and upload errors that leave the folder as it was."""
+
+import hashlib
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import build_captioner
+from huggingface_hub import ModelCard
+
+from dali_hf.hub import UploadError, push, upload_files, write_model_card
+
+EVAL = {"AudioCaps": {"scores": {"meteor": 0.123, "rouge_l": 0.331, "cider_d": 0.281}, "split": "test",
+                      "dataset_id": "org/audiocaps"},
+        "Clotho": {"scores": {"meteor": 0.094, "spider": 0.097}, "split": "evaluation"}}
+
+NEEDED = ["README.md", "audio_decoding.py", "chat_template.jinja", "config.json", "configuration_cav_mae.py",
+          "configuration_llava_audio.py", "generation_config.json", "model.safetensors", "modeling_cav_mae.py",
+          "modeling_llava_audio.py", "pipeline_audio_captioning.py", "processing_llava_audio.py",
+          "processor_config.json", "tokenizer.json", "tokenizer_config.json"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, llava_parts):
+    model, processor = build_captioner(llava_parts, "whisper")
+    path = tmp_path_factory.mktemp("hub") / "dali-tiny"
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    write_model_card(path, repo_id="org/dali-tiny")
+    # what training leaves behind that must not be uploaded
+    (path / "checkpoint-2").mkdir()
+    (path / "checkpoint-2" / "model.safetensors").write_bytes(b"x")
+    (path / "training_args.bin").write_bytes(b"pickle")
+    (path / "stage_complete.json").write_text("{}")
+    (path / "runs").mkdir()
+    (path / "runs" / "events.out").write_text("log")
+    return path
+
+
+def _digest(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_card_metadata_round_trip(folder, tmp_path):
+    copy = tmp_path / "dali-tiny"
+    shutil.copytree(folder, copy)
+    write_model_card(copy, repo_id="org/dali-tiny", eval_results=EVAL, datasets=["org/audioset-pairs"])
+    card = ModelCard.load(copy / "README.md")
+    assert card.data.pipeline_tag == "audio-text-to-text" and "audio-captioning" in card.data.tags
+    assert card.data.library_name == "transformers"
+    parsed = {(r.dataset_name, r.metric_type): r.metric_value for r in card.data.eval_results}
+    expected = {(d, m): round(100 * v, 2) for d, e in EVAL.items() for m, v in e["scores"].items()}
+    assert parsed == expected
+    assert (copy / ".eval_results" / "audiocaps.yaml").read_text().count("org/audiocaps") == 3
+    assert not (copy / ".eval_results" / "clotho.yaml").exists()  # no Hub dataset id, model-index only
+    assert "| AudioCaps (test) |" in card.text and "12.3" in card.text
+
+
+def test_card_usage_code_runs_against_the_saved_model(folder, tmp_path):
+    text = (folder / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1).replace('"org/dali-tiny"', repr(str(folder)))
+    script = tmp_path / "usage.py"
+    script.write_text(code.replace("max_new_tokens=32", "max_new_tokens=3"))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[{'caption':" in result.stdout
+
+
+def test_dry_run_lists_exactly_what_is_needed(folder, capsys):
+    from dali_hf.cli import main
+
+    before = _digest(folder)
+    main(["push", str(folder), "--repo-id", "org/dali-tiny", "--dry-run"])
+    assert capsys.readouterr().out.split() == NEEDED
+    assert upload_files(folder) == NEEDED
+    assert _digest(folder) == before
+
+
+REMOTE = textwrap.dedent(
+    """
+    import sys, importlib.abc
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "dali_hf" or name.startswith("dali_hf."):
+                raise ModuleNotFoundError(f"blocked: {name}")
+
+    sys.meta_path.insert(0, Block())
+    import numpy as np
+    from transformers import AutoModel, AutoProcessor, pipeline
+    model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
+    captioner = pipeline(model=sys.argv[1], trust_remote_code=True)
+    clip = (0.3 * np.sin(np.arange(8000) / 16000 * 2 * np.pi * 440)).astype(np.float32)
+    print(type(model).__name__, type(processor).__name__, captioner(clip, sampling_rate=16000, max_new_tokens=2))
+    """
+)
+
+
+def test_the_uploaded_files_alone_load_through_remote_code(folder, tmp_path):
+    upload = tmp_path / "as-uploaded"
+    for name in upload_files(folder):
+        (upload / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(folder / name, upload / name)
+    script = tmp_path / "remote.py"
+    script.write_text(REMOTE)
+    result = subprocess.run([sys.executable, str(script), str(upload)], capture_output=True, text=True, cwd=tmp_path,
+                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("LlavaAudioForConditionalGeneration LlavaAudioProcessor [{'caption':")
+
+
+def test_incomplete_folder_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(UploadError, match="not a complete LlavaAudio folder: missing processor_config.json"):
+        upload_files(tmp_path)
+
+
+def test_upload_errors_are_clear_and_leave_the_folder_untouched(folder, monkeypatch):
+    import httpx2
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    before = _digest(folder)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    with pytest.raises(UploadError, match="no Hugging Face token"):
+        push(folder, "org/dali-tiny")
+
+    def not_found(self, *args, **kwargs):
+        response = httpx2.Response(404, request=httpx2.Request("POST", "https://hub.invalid/api/repos/create"))
+        raise RepositoryNotFoundError("404 Client Error: Repository Not Found", response=response)
+
+    monkeypatch.setattr(HfApi, "create_repo", not_found)
+    with pytest.raises(UploadError, match="repository org/missing not found"):
+        push(folder, "org/missing", token="hf_test")
+    monkeypatch.undo()
+
+    # the network is down: a closed port on this machine
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(UploadError, match="cannot reach the Hub"):
+        push(folder, "org/dali-tiny", token="hf_test", eval_results=EVAL)
+    assert _digest(folder) == before
