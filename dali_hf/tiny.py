@@ -53,17 +53,20 @@ def tiny_tokenizer(words=TINY_WORDS, room: int = 2) -> tuple[PreTrainedTokenizer
     return tokenizer, len(vocab) + room
 
 
-def tiny_llava(vocab_size: int, image_token_id: int, image_size: int = 32, seed: int = 0):
-    """A random LLaVA-1.5-shaped model: CLIP-style vision tower (patch 8, so 16 image tokens), Llama decoder."""
+def tiny_llava(vocab_size: int, image_token_id: int, image_size: int = 32, seed: int = 0, vision_hidden: int = 32,
+               text_hidden: int = 48, vision_layers: int = 3, text_layers: int = 2):
+    """A random LLaVA-1.5-shaped model: CLIP-style vision tower (patch 8, so 16 image tokens at 32 px), Llama
+    decoder; pad/bos/eos are the ids of `tiny_tokenizer` (3, 1, 2)."""
     import torch
 
     vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-        image_size=image_size, patch_size=8, projection_dim=32,
+        hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_hidden_layers=vision_layers,
+        num_attention_heads=4, image_size=image_size, patch_size=8, projection_dim=vision_hidden,
     )
     text = LlamaConfig(
-        hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=vocab_size, max_position_embeddings=512, pad_token_id=3, bos_token_id=1, eos_token_id=2,
+        hidden_size=text_hidden, intermediate_size=2 * text_hidden, num_hidden_layers=text_layers,
+        num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=512,
+        pad_token_id=3, bos_token_id=1, eos_token_id=2,
     )
     config = LlavaConfig(
         vision_config=vision, text_config=text, image_token_index=image_token_id,

@@ -188,3 +188,11 @@ def test_distillation_with_lora_saves_a_plain_merged_folder(llava_parts, caption
     with torch.no_grad():  # the merged folder computes what the adapted model computed
         batch = trainer.data_collator([captioned[0]])
         assert torch.allclose(saved(**batch).logits, model(**batch).logits, atol=1e-5)
+
+
+def test_pseudo_captions_refuse_to_resume_with_other_settings(ast_captioner, tmp_path):
+    model, processor = ast_captioner
+    data = pairs_dataset(2, seed=6)
+    generate_pseudo_captions(model, processor, data, str(tmp_path), batch_size=2, **GREEDY)
+    with pytest.raises(ValueError, match="another model or with other settings"):
+        generate_pseudo_captions(model, processor, data, str(tmp_path), batch_size=2, max_new_tokens=9)

@@ -22,13 +22,17 @@ def load_image(source, name: str = "image") -> Image.Image:
 
 
 class AlignmentCollator:
-    """(audio, image) pairs -> `input_features` (+ `input_features_mask`) and `pixel_values` for alignment."""
+    """(audio, image) pairs -> `input_features` (+ `input_features_mask`) and `pixel_values` for alignment. Rows
+    that already hold `input_features` and `pixel_values` (computed once for many epochs) are only stacked."""
 
     def __init__(self, processor):
         self.feature_extractor = processor.feature_extractor
         self.image_processor = processor.image_processor
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        if "input_features" in examples[0] and "pixel_values" in examples[0]:  # features computed once, beforehand
+            return {key: torch.stack([torch.as_tensor(ex[key]) for ex in examples])
+                    for key in ("input_features", "pixel_values", "input_features_mask") if key in examples[0]}
         rate = self.feature_extractor.sampling_rate
         clips = [prepare_audio(ex["audio"], rate, name=f"audio of item {ex.get('id', i)!r}")
                  for i, ex in enumerate(examples)]

@@ -110,8 +110,16 @@ def generate_pseudo_captions(model, processor, dataset, output_dir: str, batch_s
     os.makedirs(output_dir, exist_ok=True)
     settings = {"max_new_tokens": 128, "do_sample": False} | generate_kwargs
     text = processor.caption_prompt(image=True, audio=True, prefix=True, prompt=prompt)
-    _write_json(os.path.join(output_dir, SETTINGS_FILE), {"prompt": text, "batch_size": batch_size, **settings})
+    recorded = {"model": str(model.name_or_path), "prompt": text, **settings}
+    settings_path = os.path.join(output_dir, SETTINGS_FILE)
     captions_path = os.path.join(output_dir, PSEUDO_CAPTIONS_FILE)
+    if os.path.exists(captions_path) and os.path.exists(settings_path):
+        with open(settings_path, encoding="utf-8") as handle:
+            previous = json.load(handle)
+        if {k: previous.get(k) for k in recorded} != json.loads(json.dumps(recorded, default=str)):
+            raise ValueError(f"{output_dir} holds pseudo-captions made by another model or with other settings "
+                             f"({previous}); resume with the same ones, or use a new folder")
+    _write_json(settings_path, {**recorded, "batch_size": batch_size})
     done = {row["id"] for row in _read_jsonl(captions_path, repair=True)}
     skipped_path = os.path.join(output_dir, SKIPPED_FILE)
     done |= {row["id"] for row in _read_jsonl(skipped_path, repair=True)}
