@@ -9,8 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dali_hf import LlavaAudioForConditionalGeneration, LlavaAudioProcessor
-from dali_hf.tiny import tiny_audio_encoder, tiny_llava, tiny_llava_processor, tiny_tokenizer
+from dali_hf.tiny import tiny_captioner
 
 
 def _interleaved_best(first, second, repeats: int = 30) -> tuple[float, float]:
@@ -25,13 +24,7 @@ def _interleaved_best(first, second, repeats: int = 30) -> tuple[float, float]:
 
 
 def main(batch_size: int = 8, new_tokens: int = 32) -> dict:
-    torch.manual_seed(0)
-    tokenizer, vocab_size = tiny_tokenizer()
-    llava = tiny_llava(vocab_size, tokenizer.convert_tokens_to_ids("<image>"))
-    llava_processor = tiny_llava_processor(tokenizer)
-    audio_config, feature_extractor = tiny_audio_encoder("ast")
-    processor = LlavaAudioProcessor.from_llava(llava_processor, feature_extractor, audio_config=audio_config)
-    model = LlavaAudioForConditionalGeneration.from_llava(llava, audio_config, processor=processor).eval()
+    model, processor, llava = tiny_captioner("ast")
     images = [Image.fromarray(np.full((32, 32, 3), 10 * i, dtype=np.uint8)) for i in range(batch_size)]
     prompts = ["USER: <image>\ndescribe this image ASSISTANT:"] * batch_size
     inputs = processor(text=prompts, images=images, return_tensors="pt")

@@ -5,21 +5,13 @@ import tempfile
 import time
 
 import numpy as np
-import torch
 from transformers import pipeline
 
-from dali_hf import LlavaAudioForConditionalGeneration, LlavaAudioProcessor
-from dali_hf.tiny import tiny_audio_encoder, tiny_llava, tiny_llava_processor, tiny_tokenizer
+from dali_hf.tiny import tiny_captioner
 
 
 def main(num_clips: int = 64, new_tokens: int = 16) -> dict:
-    torch.manual_seed(0)
-    tokenizer, vocab_size = tiny_tokenizer()
-    llava = tiny_llava(vocab_size, tokenizer.convert_tokens_to_ids("<image>"))
-    audio_config, feature_extractor = tiny_audio_encoder("whisper")
-    processor = LlavaAudioProcessor.from_llava(tiny_llava_processor(tokenizer), feature_extractor,
-                                               audio_config=audio_config)
-    model = LlavaAudioForConditionalGeneration.from_llava(llava, audio_config, processor=processor)
+    model, processor, _ = tiny_captioner("whisper")
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)
         processor.save_pretrained(folder)

@@ -107,3 +107,19 @@ def tiny_audio_encoder(kind: str = "ast"):
         )
         return config, WhisperFeatureExtractor(feature_size=16, chunk_length=1, return_attention_mask=True)
     raise ValueError(f"unknown tiny audio encoder {kind!r}: use 'ast' or 'whisper'")
+
+
+def tiny_captioner(kind: str = "ast", seed: int = 1):
+    """(LlavaAudio captioner, its processor, the plain LLaVA whose modules it reuses), tiny, from configs."""
+    import torch
+
+    from . import LlavaAudioForConditionalGeneration, LlavaAudioProcessor
+
+    tokenizer, vocab_size = tiny_tokenizer()
+    llava = tiny_llava(vocab_size, tokenizer.convert_tokens_to_ids("<image>"))
+    audio_config, feature_extractor = tiny_audio_encoder(kind)
+    processor = LlavaAudioProcessor.from_llava(tiny_llava_processor(tokenizer), feature_extractor,
+                                               audio_config=audio_config)
+    torch.manual_seed(seed)
+    model = LlavaAudioForConditionalGeneration.from_llava(llava, audio_config, processor=processor).eval()
+    return model, processor, llava

@@ -1,6 +1,9 @@
 """Tiny models built from configs, a tokenizer built here, generated inputs: nothing is downloaded."""
 
 import os
+import subprocess
+import sys
+import textwrap
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -52,3 +55,29 @@ def random_image(seed: int, size=(40, 30)) -> Image.Image:
 def random_clip(seed: int, seconds: float = 1.0, rate: int = 16000) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return (0.1 * rng.standard_normal(int(seconds * rate))).astype(np.float32)
+
+
+BLOCK_DALI_HF = textwrap.dedent(
+    """
+    import importlib.abc
+    import sys
+
+
+    class _BlockDaliHf(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "dali_hf" or name.startswith("dali_hf."):
+                raise ModuleNotFoundError(f"blocked: {name}")
+
+
+    sys.meta_path.insert(0, _BlockDaliHf())
+    """
+)
+
+
+def run_without_dali_hf(script: str, *args, tmp_path) -> subprocess.CompletedProcess:
+    """Run `script` (with `args` as sys.argv[1:]) in a fresh offline Python where dali_hf cannot be imported, as on a
+    machine without the package."""
+    path = tmp_path / "without_dali_hf.py"
+    path.write_text(BLOCK_DALI_HF + textwrap.dedent(script))
+    return subprocess.run([sys.executable, str(path), *map(str, args)], capture_output=True, text=True, cwd=tmp_path,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf")})

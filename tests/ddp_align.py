@@ -8,8 +8,7 @@ from pathlib import Path
 import torch
 from dali_hf.trainers import AlignmentConfig, DistributionAlignmentTrainer
 
-from dali_hf import LlavaAudioForConditionalGeneration, LlavaAudioProcessor
-from dali_hf.tiny import tiny_audio_encoder, tiny_llava, tiny_llava_processor, tiny_tokenizer
+from dali_hf.tiny import tiny_captioner
 
 
 def main(output_dir: str, per_device_batch: int, objective: str) -> None:
@@ -17,13 +16,7 @@ def main(output_dir: str, per_device_batch: int, objective: str) -> None:
     from test_alignment import pairs_dataset
 
     torch.set_num_threads(1)
-    tokenizer, vocab_size = tiny_tokenizer()
-    llava = tiny_llava(vocab_size, tokenizer.convert_tokens_to_ids("<image>"))
-    audio_config, feature_extractor = tiny_audio_encoder("ast")
-    processor = LlavaAudioProcessor.from_llava(tiny_llava_processor(tokenizer), feature_extractor,
-                                               audio_config=audio_config)
-    torch.manual_seed(1)
-    model = LlavaAudioForConditionalGeneration.from_llava(llava, audio_config, processor=processor)
+    model, processor, _ = tiny_captioner("ast")
     args = AlignmentConfig(output_dir=output_dir, objective=objective, per_device_train_batch_size=per_device_batch,
                            learning_rate=1e-3, num_train_epochs=2, logging_steps=1, save_strategy="no",
                            report_to=[], seed=0, use_cpu=True, disable_tqdm=True, uniform_epochs=1,

@@ -4,15 +4,13 @@ code without dali_hf)."""
 
 import argparse
 import json
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import torch
 import torchaudio
-from conftest import random_clip
+from conftest import random_clip, run_without_dali_hf
 from safetensors.torch import load_file
 from timm.models.vision_transformer import Block
 from torch import nn
@@ -478,14 +476,7 @@ def _audio_inputs(processor):
 
 REMOTE_SCRIPT = textwrap.dedent(
     """
-    import sys, importlib.abc
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "dali_hf" or name.startswith("dali_hf."):
-                raise ModuleNotFoundError(f"blocked: {name}")
-
-    sys.meta_path.insert(0, Block())
+    import sys
     folder = sys.argv[1]
     import numpy as np
     import torch
@@ -523,15 +514,8 @@ def test_captioner_generates_saves_and_loads_as_remote_code(cav_captioner, tmp_p
         loaded = AutoModel.from_pretrained(folder).eval()
         assert torch.equal(loaded(**_audio_inputs(AutoProcessor.from_pretrained(folder))).logits, expected)
 
-    script, out = tmp_path / "remote.py", tmp_path / "logits.pt"
-    script.write_text(REMOTE_SCRIPT)
-    result = subprocess.run(
-        [sys.executable, str(script), str(folder), str(out)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf")},
-    )
+    out = tmp_path / "logits.pt"
+    result = run_without_dali_hf(REMOTE_SCRIPT, folder, out, tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "CavMaeAudioModel CavMaeFeatureExtractor" in result.stdout
     assert torch.equal(torch.load(out), expected)

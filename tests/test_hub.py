@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import build_captioner
+from conftest import build_captioner, run_without_dali_hf
 from huggingface_hub import ModelCard
 
 from dali_hf.hub import UploadError, push, upload_files, write_model_card
@@ -85,14 +85,7 @@ def test_dry_run_lists_exactly_what_is_needed(folder, capsys):
 
 REMOTE = textwrap.dedent(
     """
-    import sys, importlib.abc
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "dali_hf" or name.startswith("dali_hf."):
-                raise ModuleNotFoundError(f"blocked: {name}")
-
-    sys.meta_path.insert(0, Block())
+    import sys
     import numpy as np
     from transformers import AutoModel, AutoProcessor, pipeline
     model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)
@@ -109,10 +102,7 @@ def test_the_uploaded_files_alone_load_through_remote_code(folder, tmp_path):
     for name in upload_files(folder):
         (upload / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(folder / name, upload / name)
-    script = tmp_path / "remote.py"
-    script.write_text(REMOTE)
-    result = subprocess.run([sys.executable, str(script), str(upload)], capture_output=True, text=True, cwd=tmp_path,
-                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf")})
+    result = run_without_dali_hf(REMOTE, upload, tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("LlavaAudioForConditionalGeneration LlavaAudioProcessor [{'caption':")
 

@@ -11,7 +11,7 @@ import pytest
 import soundfile
 import torch
 import torchaudio.functional as AF
-from conftest import build_captioner, random_image
+from conftest import build_captioner, random_image, run_without_dali_hf
 from transformers import ASTConfig, ASTFeatureExtractor, pipeline
 
 from dali_hf import LlavaAudioForConditionalGeneration, LlavaAudioProcessor
@@ -210,14 +210,7 @@ def test_thirty_minutes_in_windows_with_bounded_memory(long_window_folder, tmp_p
 
 REMOTE_PIPELINE = textwrap.dedent(
     """
-    import sys, importlib.abc
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "dali_hf" or name.startswith("dali_hf."):
-                raise ModuleNotFoundError(f"blocked: {name}")
-
-    sys.meta_path.insert(0, Block())
+    import sys
     import numpy as np
     from transformers import pipeline
     captioner = pipeline(model=sys.argv[1], trust_remote_code=True)
@@ -229,10 +222,7 @@ REMOTE_PIPELINE = textwrap.dedent(
 
 
 def test_pipeline_loads_through_remote_code_without_dali_hf(folder, tmp_path):
-    script = tmp_path / "remote.py"
-    script.write_text(REMOTE_PIPELINE)
-    result = subprocess.run([sys.executable, str(script), str(folder)], capture_output=True, text=True, cwd=tmp_path,
-                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf")})
+    result = run_without_dali_hf(REMOTE_PIPELINE, folder, tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "AudioCaptioningPipeline [{'caption':" in result.stdout
 

@@ -2,13 +2,11 @@
 
 import json
 import re
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
-from conftest import random_clip, random_image
+from conftest import random_clip, random_image, run_without_dali_hf
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoConfig,
@@ -68,14 +66,7 @@ def test_saved_folder_has_remote_code(saved):
 
 REMOTE_SCRIPT = textwrap.dedent(
     """
-    import sys, importlib.abc
-
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "dali_hf" or name.startswith("dali_hf."):
-                raise ModuleNotFoundError(f"blocked: {name}")
-
-    sys.meta_path.insert(0, Block())
+    import sys
     folder = sys.argv[1]
     import torch
     from transformers import AutoModel, AutoProcessor
@@ -102,12 +93,8 @@ REMOTE_SCRIPT = textwrap.dedent(
 
 def test_trust_remote_code_load_without_dali_hf(saved, tmp_path):
     folder, model, processor = saved
-    script = tmp_path / "remote.py"
-    script.write_text(REMOTE_SCRIPT)
     out = tmp_path / "logits.pt"
-    result = subprocess.run([sys.executable, str(script), str(folder), str(out)], capture_output=True, text=True,
-                            cwd=tmp_path, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
-                                               "HF_HOME": str(tmp_path / "hf")})
+    result = run_without_dali_hf(REMOTE_SCRIPT, folder, out, tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "LlavaAudioForConditionalGeneration LlavaAudioProcessor" in result.stdout
     with torch.no_grad():
