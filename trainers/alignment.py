@@ -13,13 +13,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainingArguments
 
+from ..convert import SCORERS_NAME  # one name for the scorer file, written by the converter and the trainer
 from .collators import AlignmentCollator
 from .objectives import AttentiveMarginals, contrastive_loss, entropy, lambda_schedule, mmd_loss, ot_loss
 from .stages import ModelCardMixin
 
 __all__ = ["AlignmentConfig", "DistributionAlignmentTrainer", "SCORERS_NAME"]
 
-SCORERS_NAME = "attentive_ot_scorers.safetensors"
 SCORER_OPTIMIZER_NAME = "scorer_optimizer.pt"
 OBJECTIVES = ("contrastive", "mmd", "ot", "attentive_ot")
 TRAINABLE = {"all": ("audio_tower", "audio_to_vision"), "projection": ("audio_to_vision",)}
