@@ -99,6 +99,32 @@ def test_scorers_get_gradient_only_from_their_objective(llava_parts, data, tmp_p
         assert torch.allclose(got.grad, expected, atol=1e-6)
 
 
+def test_overlapped_chunks_give_the_same_loss_and_gradients(llava_parts, data, tmp_path):
+    trainer = make_trainer(llava_parts, data, tmp_path, objective="attentive_ot", uniform_epochs=0,
+                           lambda_values=[0.5])
+    model = trainer.model.train()
+    batch = trainer.data_collator([data[i] for i in range(5)])  # 5 clips in 3 chunks: 2, 2, 1
+
+    def loss_and_grads(chunks):
+        trainer.args.ot_overlap_chunks = chunks
+        model.zero_grad()
+        trainer.scorers.zero_grad()
+        loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        trained = [p for p in list(model.parameters()) + list(trainer.scorers.parameters()) if p.grad is not None]
+        return loss.detach(), [p.grad.clone() for p in trained]
+
+    whole, whole_grads = loss_and_grads(1)
+    assert len(trainer._chunks(batch)) == 1
+    trainer.args.ot_overlap_chunks = 3
+    assert [len(c["input_features"]) for c in trainer._chunks(batch)] == [2, 2, 1]
+    chunked, chunked_grads = loss_and_grads(3)
+    assert torch.allclose(whole, chunked, atol=1e-6)
+    assert len(whole_grads) == len(chunked_grads) > 0
+    for a, b in zip(whole_grads, chunked_grads, strict=True):  # float32 sums in another order
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * max(a.abs().max().item(), 1.0))
+
+
 class StopAfter(TrainerCallback):
     def __init__(self, step):
         self.step = step

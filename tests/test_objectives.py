@@ -11,6 +11,7 @@ from dali_hf.trainers.objectives import (
     lambda_schedule,
     mmd_loss,
     ot_loss,
+    start_ot_loss,
 )
 
 
@@ -61,8 +62,37 @@ def test_exact_ot_gradient_equals_finite_differences():
 
 
 def test_threaded_exact_ot_equals_serial():
-    x, y = _tokens(6, batch=6, n=20, m=25)
-    assert torch.equal(ot_loss(x, y, num_threads=1), ot_loss(x, y, num_threads=4))
+    x, y = _tokens(6, batch=7, n=20, m=25)  # 7 clips: the last cost chunk is partial for 2 and 4 threads
+    serial = np.array([ot.emd2(np.full(20, 1 / 20), np.full(25, 1 / 25), ot.dist(x[i].numpy(), y[i].numpy()))
+                       for i in range(7)])
+    for threads in (1, 2, 4):
+        assert torch.allclose(ot_loss(x, y, num_threads=threads), torch.as_tensor(serial), atol=1e-9, rtol=0)
+
+
+def test_started_exact_ot_waits_for_its_solves_and_keeps_gradients():
+    x, y = _tokens(8, batch=5, n=30, m=40)
+    x.requires_grad_(True)
+    pending = start_ot_loss(x, y, num_threads=2)
+    y_other = y + 1.0  # the caller goes on while the threads solve
+    started = pending.result()
+    started.sum().backward()
+    grad = x.grad.clone()
+    x.grad = None
+    ot_loss(x, y).sum().backward()
+    assert torch.equal(started.detach(), ot_loss(x.detach(), y)) and torch.allclose(grad, x.grad)
+    assert not torch.equal(ot_loss(x.detach(), y_other), started.detach())
+
+
+def test_half_precision_tokens_are_compared_in_float32():
+    x, y = _tokens(9, batch=2, n=16, m=20, dim=32, dtype=torch.float32)
+    x, y = 8 * x, 8 * y  # norms of a few hundred, as real encoder tokens: bf16 alone would cancel digits
+    reference = ot_loss(x.bfloat16().float(), y.bfloat16().float())
+    for solver in ("exact", "sinkhorn"):
+        loss = ot_loss(x.bfloat16(), y.bfloat16(), solver=solver)
+        assert loss.dtype == torch.float32
+        expected = reference if solver == "exact" else ot_loss(x.bfloat16().float(), y.bfloat16().float(),
+                                                               solver="sinkhorn")
+        assert torch.allclose(loss, expected, rtol=1e-5)
 
 
 def test_sinkhorn_approaches_exact_as_epsilon_shrinks():

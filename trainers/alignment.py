@@ -15,7 +15,7 @@ from transformers import Trainer, TrainingArguments
 
 from ..convert import SCORERS_NAME  # one name for the scorer file, written by the converter and the trainer
 from .collators import AlignmentCollator
-from .objectives import AttentiveMarginals, contrastive_loss, entropy, lambda_schedule, mmd_loss, ot_loss
+from .objectives import AttentiveMarginals, contrastive_loss, entropy, lambda_schedule, mmd_loss, start_ot_loss
 from .stages import ModelCardMixin
 
 __all__ = ["AlignmentConfig", "DistributionAlignmentTrainer", "SCORERS_NAME"]
@@ -44,6 +44,9 @@ class AlignmentConfig(TrainingArguments):
     scorer_num_heads: int = field(default=8)
     scorer_temperature: float = field(default=20.0)
     scorer_uniform_mix: float = field(default=0.5)
+    ot_overlap_chunks: int = field(
+        default=1, metadata={"help": "exact OT: split each batch into this many chunks, so the CPU solves one chunk's "
+                                     "OT problems while the accelerator runs the next chunk's forward pass (1 = off)"})
     learning_rate: float = field(default=1e-4)
     adam_beta1: float = field(default=0.95)
     weight_decay: float = field(default=5e-7)
@@ -58,6 +61,8 @@ class AlignmentConfig(TrainingArguments):
             raise ValueError(f"solver must be 'exact' or 'sinkhorn', got {self.solver!r}")
         if self.train_audio_parameters not in TRAINABLE:
             raise ValueError(f"train_audio_parameters must be one of {sorted(TRAINABLE)}")
+        if self.ot_overlap_chunks < 1:
+            raise ValueError(f"ot_overlap_chunks must be 1 (off) or more, got {self.ot_overlap_chunks}")
 
 
 class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
@@ -104,10 +109,34 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
                                self.args.uniform_epochs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        audio, image = self._tokens(model, inputs)
-        mode = "train" if model.training else "eval"
-        loss = self._objective(audio, image, mode, train_scorers=model.training)
-        return (loss, {"audio_tokens": audio, "image_tokens": image}) if return_outputs else loss
+        train = model.training
+        lam = self.current_lambda() if (self.args.objective == "attentive_ot" and train) else None
+        # every chunk's forward pass is issued before any OT result is waited for: the CPU solves one chunk while
+        # the device computes the next
+        started = [self._start_objective(model, chunk, lam) for chunk in self._chunks(inputs)]
+        terms = defaultdict(list)
+        for _, _, finish in started:
+            for name, value in finish().items():
+                terms[name].append(value)
+        terms = {name: torch.cat(values) for name, values in terms.items()}
+        loss = terms.pop("loss").mean()
+        metrics = self._metrics["train" if train else "eval"]
+        for name, values in terms.items():
+            metrics[name].append(values.mean().item())
+        if lam is not None:
+            metrics["lambda"].append(lam)
+        if not return_outputs:
+            return loss
+        return loss, {"audio_tokens": torch.cat([s[0] for s in started]),
+                      "image_tokens": torch.cat([s[1] for s in started])}
+
+    def _chunks(self, inputs):
+        chunks = self.args.ot_overlap_chunks
+        if chunks <= 1 or self.args.objective not in ("ot", "attentive_ot") or self.args.solver != "exact":
+            return [inputs]
+        size = -(-len(inputs["input_features"]) // chunks)
+        return [{key: value[start:start + size] for key, value in inputs.items()}
+                for start in range(0, len(inputs["input_features"]), size)]
 
     def _tokens(self, model, inputs):
         outputs = model(input_features=inputs["input_features"],
@@ -116,30 +145,37 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
             image = self.accelerator.unwrap_model(model).get_image_tokens(inputs["pixel_values"])
         return outputs.audio_tokens, image.to(outputs.audio_tokens.dtype)
 
-    def _objective(self, audio, image, mode, train_scorers):
-        args, metrics = self.args, self._metrics[mode]
+    def _start_objective(self, model, inputs, lam):
+        """Tokens of one chunk and a function giving its per-clip terms: "loss" (what the gradient flows from) and
+        the terms to log. OT solves start here and are waited for in that function."""
+        args = self.args
+        audio, image = self._tokens(model, inputs)
         if args.objective == "contrastive":
-            loss = contrastive_loss(audio, image, args.contrastive_temperature).mean()
-            metrics["contrastive"].append(loss.item())
-            return loss
+            losses = contrastive_loss(audio, image, args.contrastive_temperature)
+            return audio, image, lambda: {"loss": losses, "contrastive": losses.detach()}
         if args.objective == "mmd":
-            loss = mmd_loss(audio, image).mean()
-            metrics["mmd"].append(loss.item())
-            return loss
-        lam = self.current_lambda() if (args.objective == "attentive_ot" and train_scorers) else None
+            losses = mmd_loss(audio, image)
+            return audio, image, lambda: {"loss": losses, "mmd": losses.detach()}
         if lam is None:
-            loss = ot_loss(audio, image, solver=args.solver, epsilon=args.epsilon).mean()
-            metrics["ot"].append(loss.item())
-            return loss
+            pending = start_ot_loss(audio, image, solver=args.solver, epsilon=args.epsilon)
+
+            def finish():
+                losses = pending.result()
+                return {"loss": losses, "ot": losses.detach()}
+
+            return audio, image, finish
         alpha, beta = self.scorers(audio.detach(), image)
-        ot = ot_loss(audio, image, alpha, beta, solver=args.solver, epsilon=args.epsilon).mean()
-        h_audio, h_image = entropy(alpha).mean(), entropy(beta).mean()
-        scorer_only = -lam * (h_audio + h_image)
-        for name, value in (("ot", ot), ("entropy_audio", h_audio), ("entropy_image", h_image)):
-            metrics[name].append(value.item())
-        metrics["lambda"].append(lam)
-        # value = OT; the entropy bonus only adds the scorers' gradient
-        return ot + (scorer_only - scorer_only.detach())
+        pending = start_ot_loss(audio, image, alpha, beta, solver=args.solver, epsilon=args.epsilon)
+
+        def finish_attentive():
+            ot = pending.result()
+            h_audio, h_image = entropy(alpha), entropy(beta)
+            scorer_only = -lam * (h_audio + h_image)
+            # value = OT; the entropy bonus only adds the scorers' gradient
+            return {"loss": ot + (scorer_only - scorer_only.detach()), "ot": ot.detach(),
+                    "entropy_audio": h_audio.detach(), "entropy_image": h_image.detach()}
+
+        return audio, image, finish_attentive
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)

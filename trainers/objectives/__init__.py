@@ -4,14 +4,16 @@ per-clip losses [B]; token counts may differ (512 audio vs 576 image tokens in t
 from .attentive_ot import AttentiveMarginals, entropy, lambda_schedule
 from .contrastive import contrastive_loss
 from .mmd import mmd_loss
-from .optimal_transport import ot_loss, pairwise_sq_distances
+from .optimal_transport import PendingOTLoss, ot_loss, pairwise_sq_distances, start_ot_loss
 
 __all__ = [
     "AttentiveMarginals",
+    "PendingOTLoss",
     "contrastive_loss",
     "entropy",
     "lambda_schedule",
     "mmd_loss",
     "ot_loss",
     "pairwise_sq_distances",
+    "start_ot_loss",
 ]

@@ -7,8 +7,11 @@ cost at the optimal plan (d/dC = P*), and for the weights, the centred dual pote
 POT's `emd2` gives them.
 
 Solvers:
-- "exact": POT's network simplex (`ot.emd`), the paper's loss. Clips are solved in parallel threads (the solver
-  releases the GIL), on CPU copies of the costs.
+- "exact": POT's network simplex (`ot.emd`), the paper's loss. Clips are solved in CPU worker threads (the solver
+  releases the GIL) while the caller goes on: the cost matrices are computed a few clips at a time and each clip is
+  handed to the threads as soon as its costs exist (on an accelerator through an asynchronous copy the worker
+  waits for), so solving overlaps with computing the next costs, or with whatever the caller starts before asking
+  for the result (`start_ot_loss`; the alignment trainer runs the next micro-batch's forward pass there).
 - "sinkhorn": batched log-domain entropic OT in torch, all clips at once, on the tensors' device. `epsilon` is
   relative to the spread (standard deviation) of each clip's cost matrix, so it means the same for any feature
   scale or width; it defaults to 0.05, and the loss is the transport cost <P_eps, C> of the entropic plan, which
@@ -17,20 +20,28 @@ Solvers:
 """
 
 import os
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
-__all__ = ["ot_loss", "pairwise_sq_distances", "DEFAULT_EPSILON"]
+__all__ = ["ot_loss", "start_ot_loss", "PendingOTLoss", "pairwise_sq_distances", "DEFAULT_EPSILON"]
 
 DEFAULT_EPSILON = 0.05
 
 
 def pairwise_sq_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """|x_i - y_j|^2 for x [B, N, D], y [B, M, D]: [B, N, M] (clamped at 0 against rounding)."""
-    return (x.pow(2).sum(-1)[:, :, None] + y.pow(2).sum(-1)[:, None, :] - 2 * x @ y.transpose(1, 2)).clamp_min(0)
+    """|x_i - y_j|^2 for x [B, N, D], y [B, M, D]: [B, N, M] (clamped at 0 against rounding).
+
+    Half-precision tokens (a bf16 model) are compared in float32, autocast or not: |x|^2 + |y|^2 - 2 x.y cancels
+    digits that bf16 does not have."""
+    if x.dtype in (torch.float16, torch.bfloat16) or y.dtype in (torch.float16, torch.bfloat16):
+        x, y = x.float(), y.float()
+    with torch.autocast(x.device.type, enabled=False):
+        return (x.pow(2).sum(-1)[:, :, None] + y.pow(2).sum(-1)[:, None, :]
+                - 2 * x @ y.transpose(1, 2)).clamp_min(0)
 
 
 def ot_loss(
@@ -52,62 +63,132 @@ def ot_loss(
         num_threads: threads for the exact solver (default: the CPU count, or 1 below 64 x 64 tokens).
         max_iter: solver iteration cap (exact: 10^7 simplex iterations; sinkhorn: 5000 per clip batch).
     """
-    if x.ndim != 3 or y.ndim != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
-        raise ValueError(f"ot_loss expects x [B, N, D] and y [B, M, D], got {tuple(x.shape)} and {tuple(y.shape)}")
-    a = _weights(x_weights, x.shape[:2], x, "x_weights")
-    b = _weights(y_weights, y.shape[:2], y, "y_weights")
-    cost = pairwise_sq_distances(x, y)
-    if solver == "exact":
-        plan, u, v = _exact(cost.detach(), a.detach(), b.detach(), num_threads, max_iter or 10_000_000)
-    elif solver == "sinkhorn":
-        plan, u, v = _sinkhorn(cost.detach(), a.detach(), b.detach(),
-                               DEFAULT_EPSILON if epsilon is None else epsilon, max_iter or 5000)
-    else:
-        raise ValueError(f"unknown OT solver {solver!r}: use 'exact' or 'sinkhorn'")
-    loss = (plan * cost).sum(dim=(1, 2))
-    # value unchanged; gradients for the weights are the centred dual potentials
-    loss = loss + ((a - a.detach()) * (u - u.mean(1, keepdim=True))).sum(1)
-    return loss + ((b - b.detach()) * (v - v.mean(1, keepdim=True))).sum(1)
+    return start_ot_loss(x, y, x_weights, y_weights, solver, epsilon, num_threads, max_iter).result()
+
+
+def start_ot_loss(x, y, x_weights=None, y_weights=None, solver="exact", epsilon=None, num_threads=None,
+                  max_iter=None) -> "PendingOTLoss":
+    """`ot_loss` started, not waited for: the exact solves run in CPU threads while the caller goes on (e.g. with the
+    next micro-batch on the GPU); `.result()` waits and returns what `ot_loss` would. Sinkhorn runs at once."""
+    return PendingOTLoss(x, y, x_weights, y_weights, solver, epsilon, num_threads, max_iter)
+
+
+class PendingOTLoss:
+    """Per-clip OT losses being computed; `result()` gives them ([B], with gradients for x, y and the weights)."""
+
+    def __init__(self, x, y, x_weights=None, y_weights=None, solver="exact", epsilon=None, num_threads=None,
+                 max_iter=None):
+        if x.ndim != 3 or y.ndim != 3 or x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
+            raise ValueError(f"ot_loss expects x [B, N, D] and y [B, M, D], got {tuple(x.shape)} and "
+                             f"{tuple(y.shape)}")
+        if solver not in ("exact", "sinkhorn"):
+            raise ValueError(f"unknown OT solver {solver!r}: use 'exact' or 'sinkhorn'")
+        self.a = _weights(x_weights, x.shape[:2], x, "x_weights")
+        self.b = _weights(y_weights, y.shape[:2], y, "y_weights")
+        if solver == "sinkhorn":
+            self.costs = [pairwise_sq_distances(x, y)]
+            self._solution = _sinkhorn(self.costs[0].detach(), self.a.detach(), self.b.detach(),
+                                       DEFAULT_EPSILON if epsilon is None else epsilon, max_iter or 5000)
+        else:
+            self._solution = None
+            self._exact = _ExactSolves(x, y, self.a.detach(), self.b.detach(), num_threads, max_iter or 10_000_000)
+            self.costs = self._exact.costs
+
+    def result(self) -> torch.Tensor:
+        if self._solution is None:
+            self._solution = self._exact.wait()
+        plans, u, v = self._solution
+        a, b = self.a, self.b
+        loss = torch.cat([(plan * cost).sum(dim=(1, 2)) for plan, cost in zip(plans, self.costs, strict=True)])
+        # value unchanged; gradients for the weights are the centred dual potentials
+        loss = loss + ((a - a.detach()) * (u - u.mean(1, keepdim=True))).sum(1)
+        return loss + ((b - b.detach()) * (v - v.mean(1, keepdim=True))).sum(1)
 
 
 def _weights(weights, shape, like, name) -> torch.Tensor:
+    """The token weights in the loss's precision (float32 for half-precision tokens), checked."""
+    dtype = torch.promote_types(like.dtype, torch.float32)
     if weights is None:
-        return torch.full(shape, 1.0 / shape[1], dtype=like.dtype, device=like.device)
+        return torch.full(shape, 1.0 / shape[1], dtype=dtype, device=like.device)
     if tuple(weights.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(weights.shape)}")
-    if (weights < 0).any() or not torch.allclose(weights.sum(1), torch.ones_like(weights[:, 0]), atol=1e-4):
+    tolerance = 1e-4 if weights.dtype in (torch.float32, torch.float64) else 1e-2
+    weights = weights.to(dtype)
+    if (weights < 0).any() or not torch.allclose(weights.sum(1), torch.ones_like(weights[:, 0]), atol=tolerance):
         raise ValueError(f"{name}: each row must be a distribution (non-negative, summing to 1)")
     return weights
 
 
-def _exact(cost, a, b, num_threads, max_iter):
-    import ot
+class _ExactSolves:
+    """Costs computed a few clips at a time; each clip's network simplex runs in a pool thread as soon as its costs
+    are on the CPU. Plans and potentials land in preallocated CPU tensors, one clip per task."""
 
-    costs = cost.to("cpu")
-    a64 = a.to("cpu", torch.float64).numpy()
-    b64 = b.to("cpu", torch.float64).numpy()
-    plans = torch.empty(costs.shape, dtype=cost.dtype)
-    u = torch.empty(a.shape, dtype=torch.float64)
-    v = torch.empty(b.shape, dtype=torch.float64)
+    def __init__(self, x, y, a, b, num_threads, max_iter):
+        batch, n, m = x.shape[0], x.shape[1], y.shape[1]
+        # threads pay off for problems of real size; tiny ones solve faster inline than a pool hands them out
+        inline = num_threads is None and n * m < 4096
+        workers = min(batch, num_threads or os.cpu_count() or 1)
+        self.a64 = a.to("cpu", torch.float64).numpy()
+        self.b64 = b.to("cpu", torch.float64).numpy()
+        self.costs, self.futures, self.warnings = [], [], []
+        self.max_iter = max_iter
+        for start in range(0, batch, workers):
+            cost = pairwise_sq_distances(x[start:start + workers], y[start:start + workers])
+            if start == 0:
+                self.plans = torch.empty((batch, n, m), dtype=cost.dtype)
+                self.u = torch.empty((batch, n), dtype=torch.float64)
+                self.v = torch.empty((batch, m), dtype=torch.float64)
+            self.costs.append(cost)
+            host, ready = _to_host(cost.detach())
+            for offset, clip_cost in enumerate(host):
+                if inline:
+                    self._solve(start + offset, clip_cost, ready)
+                else:
+                    self.futures.append(_pool(workers).submit(self._solve, start + offset, clip_cost, ready))
 
-    def solve(i):  # each thread writes its own clip's rows; the network simplex releases the GIL
-        a_i, b_i = a64[i] / a64[i].sum(), b64[i] / b64[i].sum()
-        plan, log = ot.emd(a_i, b_i, costs[i].numpy().astype(np.float64), numItermax=max_iter, log=True)
+    def _solve(self, i, cost, ready):
+        import ot
+
+        if ready is not None:
+            ready.synchronize()
+        plan, log = ot.emd(self.a64[i] / self.a64[i].sum(), self.b64[i] / self.b64[i].sum(),
+                           cost.numpy().astype(np.float64), numItermax=self.max_iter, log=True)
         if log["warning"] is not None:
-            warnings.warn(f"exact OT, clip {i}: {log['warning']}", stacklevel=3)
-        plans[i] = torch.from_numpy(plan)
-        u[i], v[i] = torch.from_numpy(log["u"]), torch.from_numpy(log["v"])
+            self.warnings.append(f"exact OT, clip {i}: {log['warning']}")
+        self.plans[i] = torch.from_numpy(plan)
+        self.u[i], self.v[i] = torch.from_numpy(log["u"]), torch.from_numpy(log["v"])
 
-    # threads pay off for problems of real size; tiny ones solve faster than a pool starts
-    default_threads = (os.cpu_count() or 1) if costs.shape[1] * costs.shape[2] >= 4096 else 1
-    workers = min(len(costs), num_threads or default_threads)
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(solve, range(len(costs))))
-    else:
-        for i in range(len(costs)):
-            solve(i)
-    return plans.to(cost.device), u.to(cost.device, cost.dtype), v.to(cost.device, cost.dtype)
+    def wait(self):
+        for future in self.futures:
+            future.result()
+        for message in self.warnings:
+            warnings.warn(message, stacklevel=4)
+        device, dtype = self.costs[0].device, self.costs[0].dtype
+        plans = self.plans.to(device).split([len(cost) for cost in self.costs])
+        return plans, self.u.to(device, dtype), self.v.to(device, dtype)
+
+
+def _to_host(cost: torch.Tensor):
+    """A CPU copy of `cost` and, on CUDA, the event that marks the (asynchronous) copy done."""
+    if cost.device.type != "cuda":
+        return cost.to("cpu"), None
+    host = torch.empty(cost.shape, dtype=cost.dtype, pin_memory=True)
+    host.copy_(cost, non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    return host, ready
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """One long-lived pool per size: a training run solves every step, and starting threads each time costs."""
+    with _POOLS_LOCK:
+        if workers not in _POOLS:
+            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="dali-exact-ot")
+        return _POOLS[workers]
 
 
 def _sinkhorn(cost, a, b, epsilon, max_iter, tol=1e-3):
@@ -134,4 +215,4 @@ def _sinkhorn(cost, a, b, epsilon, max_iter, tol=1e-3):
                 if (row - a).abs().sum(1).max() < tol:
                     break
     plan = torch.exp((f[:, :, None] + g[:, None, :] - c) / eps + log_a + log_b)
-    return plan, f * scale[:, :, 0], g * scale[:, 0, :]
+    return [plan], f * scale[:, :, 0], g * scale[:, 0, :]
