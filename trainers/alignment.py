@@ -15,7 +15,14 @@ from transformers import Trainer, TrainingArguments
 
 from ..convert import SCORERS_NAME  # one name for the scorer file, written by the converter and the trainer
 from .collators import AlignmentCollator
-from .objectives import AttentiveMarginals, contrastive_loss, entropy, lambda_schedule, mmd_loss, start_ot_loss
+from .objectives import (
+    AttentiveMarginals,
+    contrastive_loss,
+    entropy,
+    lambda_schedule,
+    mmd_loss,
+    start_ot_loss,
+)
 from .stages import ModelCardMixin
 
 __all__ = ["AlignmentConfig", "DistributionAlignmentTrainer", "SCORERS_NAME"]
