@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark in this folder."""
 
-from . import model_overhead, objectives, pipeline_throughput
+from . import memory_table, model_overhead, objectives, pipeline_throughput
 
 if __name__ == "__main__":
     model_overhead.main()
@@ -8,3 +8,5 @@ if __name__ == "__main__":
     pipeline_throughput.main()
     print()
     objectives.main()
+    print()
+    memory_table.main()

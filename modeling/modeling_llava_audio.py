@@ -137,8 +137,10 @@ class LlavaAudioModel(LlavaAudioPreTrainedModel):
         kwargs = {}
         if input_features_mask is not None and self._audio_mask_argument is not None:
             kwargs[self._audio_mask_argument] = input_features_mask
+        input_features = input_features.to(self.audio_tower.dtype)
         hidden = self.audio_tower(input_features, return_dict=True, **kwargs).last_hidden_state
-        return self.audio_to_vision(hidden)
+        # parts may differ in dtype (a trained part kept in float32 inside a bf16 model)
+        return self.audio_to_vision(hidden.to(self.audio_to_vision.weight.dtype))
 
     @property
     def _audio_mask_argument(self) -> str | None:
@@ -171,7 +173,8 @@ class LlavaAudioModel(LlavaAudioPreTrainedModel):
         self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Audio tokens through `audio_multi_modal_projector`: [batch, audio tokens, text hidden size]."""
-        return self.audio_multi_modal_projector(self.get_audio_tokens(input_features, input_features_mask))
+        tokens = self.get_audio_tokens(input_features, input_features_mask)
+        return self.audio_multi_modal_projector(tokens.to(self.audio_multi_modal_projector.linear_1.weight.dtype))
 
     def get_placeholder_mask(
         self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, token_id: int, features: torch.Tensor
@@ -462,7 +465,7 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
         )
         init.normal_(parts.prefix_embeddings, mean=0.0, std=1e-4)
         still_meta = [name for name, p in model.named_parameters() if p.is_meta]
-        if still_meta:  # a bug here, never a user error
+        if still_meta and device.type != "meta":  # a bug here, never a user error (a meta LLaVA gives a meta model)
             raise RuntimeError(f"from_llava left parameters unbuilt: {still_meta[:5]}")
         return model
 

@@ -3,11 +3,14 @@ stays LLaVA's exactly, pseudo-captioning survives a kill."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from dali_hf.trainers import (
+    AlignmentConfig,
     AudioVisualDistillationTrainer,
     DistillationConfig,
+    DistributionAlignmentTrainer,
     PrefixTuningConfig,
     PrefixTuningTrainer,
     attach_captions,
@@ -196,3 +199,31 @@ def test_pseudo_captions_refuse_to_resume_with_other_settings(ast_captioner, tmp
     generate_pseudo_captions(model, processor, data, str(tmp_path), batch_size=2, **GREEDY)
     with pytest.raises(ValueError, match="another model or with other settings"):
         generate_pseudo_captions(model, processor, data, str(tmp_path), batch_size=2, max_new_tokens=9)
+
+
+@pytest.mark.parametrize("stage", ["prefix", "align", "distill"])
+def test_half_precision_model_trains_its_part_in_float32(llava_parts, captioned, tmp_path, stage):
+    """A bf16 model (as loaded at full size): the trained part becomes float32 master weights, the rest stays bf16
+    and unchanged, and a bf16-autocast step runs and moves the trained part."""
+    model, processor = fresh_captioner(llava_parts)
+    model.to(torch.bfloat16)
+    trainer_class, config_class, parts = {
+        "prefix": (PrefixTuningTrainer, PrefixTuningConfig, ("prefix_embeddings",)),
+        "align": (DistributionAlignmentTrainer, AlignmentConfig, ("audio_tower", "audio_to_vision")),
+        "distill": (AudioVisualDistillationTrainer, DistillationConfig, ("audio_multi_modal_projector",)),
+    }[stage]
+    extra = {"objective": "ot"} if stage == "align" else {}
+    settings = _settings(tmp_path, learning_rate=1e-3, bf16=True, max_steps=2, **extra)
+    if stage == "align":
+        del settings["warmup_ratio"]  # a field of the caption stages' configs only
+    args = config_class(**settings)
+    trainer = trainer_class(model=model, args=args, train_dataset=captioned, processing_class=processor)
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    for name, param in model.named_parameters():
+        trained = name.startswith(tuple(f"model.{part}" for part in parts))
+        assert param.requires_grad == trained, name
+        assert param.dtype == (torch.float32 if trained else torch.bfloat16), name
+    trainer.train()
+    assert all(np.isfinite(log["loss"]) for log in trainer.state.log_history if "loss" in log)
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and all(name.startswith(tuple(f"model.{part}" for part in parts)) for name in changed), changed

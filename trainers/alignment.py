@@ -23,7 +23,7 @@ from .objectives import (
     mmd_loss,
     start_ot_loss,
 )
-from .stages import ModelCardMixin
+from .stages import ModelCardMixin, freeze_all_but
 
 __all__ = ["AlignmentConfig", "DistributionAlignmentTrainer", "SCORERS_NAME"]
 
@@ -93,7 +93,7 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
             if processing_class is None:
                 raise ValueError("pass processing_class=LlavaAudioProcessor (or a data_collator)")
             data_collator = AlignmentCollator(processing_class)
-        _freeze_all_but(model, TRAINABLE[args.train_audio_parameters])
+        freeze_all_but(model, *TRAINABLE[args.train_audio_parameters])
         super().__init__(model=model, args=args, data_collator=data_collator, processing_class=processing_class,
                          **kwargs)
         self.loss_is_scaled_for_ga = False
@@ -255,11 +255,3 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
         if self.scorers is not None and self.args.should_save:
             save_file(self.scorers.state_dict(), os.path.join(output_dir or self.args.output_dir, SCORERS_NAME))
 
-
-def _freeze_all_but(model, trainable_prefixes: tuple[str, ...]) -> None:
-    """Only the named LlavaAudioModel parts train; the vision tower, projectors and language model stay frozen."""
-    if model is None:
-        raise ValueError("DistributionAlignmentTrainer needs a LlavaAudio model")
-    model.requires_grad_(False)
-    for prefix in trainable_prefixes:
-        getattr(model.model, prefix).requires_grad_(True)

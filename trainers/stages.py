@@ -1,6 +1,7 @@
 """Shared pieces of the captioning stages (1a prefix tuning, 2 distillation): freeze all but one part, train it
 with the language-model loss on captions."""
 
+import torch
 from transformers import Trainer
 
 from ..hub import record_stage, write_model_card
@@ -8,16 +9,27 @@ from ..hub import record_stage, write_model_card
 __all__ = ["CaptionStageTrainer", "ModelCardMixin", "freeze_all_but"]
 
 
-def freeze_all_but(model, part: str) -> None:
-    """Only `model.model.<part>` trains; everything else is frozen (and so left bit-for-bit unchanged)."""
+def freeze_all_but(model, *parts: str) -> None:
+    """Only `model.model.<part>` for each of `parts` trains; everything else is frozen (and so left bit-for-bit
+    unchanged). Trained parts stored in half precision (a model loaded with `dtype=torch.bfloat16`) are upcast to
+    float32: they are the optimiser's master weights, and bf16 cannot hold an update of 1e-4 relative size (lr 1e-4
+    would change nothing). Compute stays in half precision under `bf16=True` / `fp16=True` (autocast)."""
     if model is None:
         raise ValueError("the trainer needs a LlavaAudio model")
     model.requires_grad_(False)
-    module = getattr(model.model, part)
-    if hasattr(module, "requires_grad_"):
-        module.requires_grad_(True)
-    else:  # a bare nn.Parameter
-        module.requires_grad = True
+    for part in parts:
+        module = getattr(model.model, part)
+        if isinstance(module, torch.nn.Parameter):
+            if module.dtype in HALF_PRECISION:
+                module.data = module.data.float()
+            module.requires_grad = True
+        else:
+            if any(p.dtype in HALF_PRECISION for p in module.parameters()):
+                module.float()
+            module.requires_grad_(True)
+
+
+HALF_PRECISION = (torch.float16, torch.bfloat16)
 
 
 class ModelCardMixin:

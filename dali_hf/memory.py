@@ -1,0 +1,174 @@
+"""Training memory of each DALI stage at full size, per device: weights, gradients, optimiser state, activations.
+
+Weights, gradients and optimiser state follow from the parameter counts (frozen parts in bf16, trained parts in
+float32 as the trainers keep them, AdamW's two float32 moments). Activations are measured, not guessed: the bytes
+autograd saves for backward (unique storages, parameters excluded) are counted on real CPU tensors at the real
+widths for 1 and 2 layers and two sequence lengths, under bf16 autocast with SDPA (flash attention on CPU saves
+what it saves on a GPU: q, k, v, output, log-sum-exp), then extended linearly to the real depth, sequence length and
+batch, which is exact for these models (every saved tensor is linear in each). With activation checkpointing a
+layer keeps only its input, plus one layer's activations while it is recomputed.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["STAGES", "Stage", "memory_table", "saved_activation_bytes", "stage_memory"]
+
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    trained: tuple[str, ...]
+    global_batch: int  # the paper's
+    path: str  # "language_model": gradients cross the frozen LM; "audio_tower": the LM is not run
+    text_tokens: int = 64  # prompt + caption tokens per example (captions are short; pseudo-captions up to 128)
+
+
+STAGES = (
+    Stage("1a prefix tuning", ("prefix_embeddings",), 16, "language_model"),
+    Stage("1b alignment (attentive OT)", ("audio_tower", "audio_to_vision", "scorers"), 256, "audio_tower"),
+    Stage("2 distillation", ("audio_multi_modal_projector",), 40, "language_model"),
+)
+
+
+def saved_activation_bytes(module: torch.nn.Module, run) -> int:
+    """Bytes of the tensors autograd saves while `run()` builds its graph: unique storages, without `module`'s
+    parameters and buffers (they exist anyway)."""
+    own = {t.untyped_storage()._cdata for t in [*module.parameters(), *module.buffers()]}
+    saved: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage._cdata not in own:
+            saved[storage._cdata] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        run()
+    return sum(saved.values())
+
+
+def _zeros(build):
+    """A module built on the meta device, then given zeroed CPU memory: faster than a random initialisation, and the
+    values do not matter here."""
+    with torch.device("meta"):
+        module = build()
+    module = module.to_empty(device="cpu")
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            tensor.zero_()
+    return module
+
+
+def _language_model_bytes(text_config, seq_len: int, depth: int) -> int:
+    from transformers import AutoModelForCausalLM
+
+    config = text_config.__class__(**{**text_config.to_dict(), "num_hidden_layers": depth})
+    config._attn_implementation = "sdpa"
+    model = _zeros(lambda: AutoModelForCausalLM.from_config(config)).to(torch.bfloat16).requires_grad_(False)
+    # the trained part (prefix or audio projector) sits in the input: gradients cross the whole frozen LM
+    embeds = torch.zeros(1, seq_len, config.hidden_size, requires_grad=True)
+    labels = torch.zeros(1, seq_len, dtype=torch.long)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return saved_activation_bytes(model, lambda: model(inputs_embeds=embeds, labels=labels).loss)
+
+
+def _audio_tower_bytes(audio_config, vision_width: int, depth: int) -> int:
+    from .modeling.modeling_llava_audio import build_audio_encoder
+    from .trainers.objectives import AttentiveMarginals, entropy, ot_loss
+
+    config = audio_config.__class__(**{**audio_config.to_dict(), "num_hidden_layers": depth})
+    tower = _zeros(lambda: build_audio_encoder(config)).float()
+    projection = torch.nn.Linear(config.hidden_size, vision_width)
+    scorers = AttentiveMarginals(vision_width)
+    module = torch.nn.ModuleList([tower, projection, scorers])
+    features = torch.zeros(1, config.target_length, config.num_mel_bins)
+    image = torch.randn(1, 576, vision_width)
+
+    def step():
+        audio = projection(tower(features).last_hidden_state)
+        alpha, beta = scorers(audio.detach(), image)
+        return ot_loss(audio, image, alpha, beta).sum() - (entropy(alpha) + entropy(beta)).sum()
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return saved_activation_bytes(module, step)
+
+
+def _audio_fit(audio_config, vision_width: int) -> tuple[int, int]:
+    """(bytes per clip, bytes per layer) of the alignment step; the tower's length is fixed by its input, so only the
+    depth is varied (1 and 2 audio-only blocks, the shared blocks kept)."""
+    one, two = (_audio_tower_bytes(audio_config, vision_width, depth) for depth in (1, 2))
+    per_layer = two - one
+    return one + (audio_config.num_hidden_layers - 1) * per_layer, per_layer
+
+
+def _linear_fit(measure, real_depth: int, real_seq: int, seqs=(16, 32)) -> tuple[int, int]:
+    """(bytes per example without checkpointing, bytes per layer) at the real depth and length, from 4 small
+    measurements: linear in depth, and in sequence length for each part."""
+    (a1, a2), (b1, b2) = [[measure(seq, depth) for depth in (1, 2)] for seq in seqs]
+    per_layer = [a2 - a1, b2 - b1]
+    base = [a1 - per_layer[0], b1 - per_layer[1]]
+
+    def at(values):
+        slope = (values[1] - values[0]) / (seqs[1] - seqs[0])
+        return values[0] + slope * (real_seq - seqs[0])
+
+    layer = at(per_layer)
+    return int(at(base) + real_depth * layer), int(layer)
+
+
+def stage_memory(config, stage: Stage, devices: int = 4) -> dict:
+    """Memory of `stage` per device for a LlavaAudio `config`, with the paper's batch split over `devices`."""
+    from .full_size import full_size_captioner, parameter_counts
+
+    counts = parameter_counts(full_size_captioner())
+    scorers = 2 * (4 * 1024 * 1024 + 4 * 1024) + 6 * (1024 * 1024 + 1024)  # AttentiveMarginals(1024)
+    trained = sum(scorers if part == "scorers" else counts[part] for part in stage.trained)
+    batch = stage.global_batch // devices
+    if stage.path == "language_model":
+        modality = config.image_seq_length if "prefix" in stage.name else config.audio_seq_length
+        prefix = config.num_prefix_tokens if "prefix" in stage.name else 0
+        seq = modality + prefix + stage.text_tokens
+        text = config.text_config
+        per_example, per_layer = _linear_fit(lambda s, d: _language_model_bytes(text, s, d),
+                                             text.num_hidden_layers, seq)
+        depth, width = text.num_hidden_layers, text.hidden_size
+    else:
+        audio = config.audio_config
+        seq, width = config.audio_seq_length, audio.hidden_size
+        per_example, per_layer = _audio_fit(audio, config.vision_config.hidden_size)
+        depth = audio.num_hidden_layers + audio.num_shared_layers
+    layer_inputs = depth * seq * width * 2  # bf16 hidden states kept at each checkpointed layer
+    checkpointed = per_example - depth * per_layer + layer_inputs + per_layer
+    return {
+        "stage": stage.name,
+        "trained_parameters": trained,
+        "batch_per_device": batch,
+        "sequence": seq,
+        "weights": (counts["total"] - trained) * 2 + trained * 4,
+        "gradients": trained * 4,
+        "optimizer": trained * 8,
+        "activations": per_example * batch,
+        "activations_checkpointed": checkpointed * batch,
+    }
+
+
+def memory_table(devices: int = 4) -> str:
+    """The README's Markdown table for the full-size model (LLaVA-1.5-7B + CAV-MAE scale++)."""
+    from .full_size import full_size_captioner
+
+    config = full_size_captioner().config
+    rows = [stage_memory(config, stage, devices) for stage in STAGES]
+    lines = ["| stage | trained params | batch / device (tokens) | weights | gradients | AdamW state | activations "
+             "| activations, checkpointed | total | total, checkpointed |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        fixed = r["weights"] + r["gradients"] + r["optimizer"]
+        lines.append(
+            f"| {r['stage']} | {r['trained_parameters'] / 1e6:.1f} M | {r['batch_per_device']} ({r['sequence']}) | "
+            + " | ".join(f"{value / GiB:.1f} GiB" for value in (
+                r["weights"], r["gradients"], r["optimizer"], r["activations"], r["activations_checkpointed"],
+                fixed + r["activations"], fixed + r["activations_checkpointed"])) + " |")
+    return "\n".join(lines)
