@@ -29,7 +29,9 @@ class AudioSource:
         if isinstance(source, dict):
             array = source.get("array", source.get("raw"))
             if array is None:
-                if source.get("path"):
+                if source.get("bytes"):  # datasets' undecoded Audio: the file's bytes (its path may be a bare name)
+                    source = source["bytes"]
+                elif source.get("path"):
                     source = source["path"]
                 else:
                     raise AudioInputError(f"{self.name}: an audio dict needs 'array' and 'sampling_rate' keys, "

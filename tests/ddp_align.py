@@ -1,17 +1,18 @@
 """Launched by test_alignment.py, alone or under `accelerate launch --num_processes 2`: a short alignment run whose
-logged losses are written as JSON by the main process."""
+logged losses are written as JSON by the main process. Data: the pairs as a map-style dataset, or streamed (a sharded,
+shuffled `datasets.IterableDataset` through AlignmentStream, with each batch's OT solves split in two chunks)."""
 
 import json
 import sys
 from pathlib import Path
 
 import torch
-from dali_hf.trainers import AlignmentConfig, DistributionAlignmentTrainer
+from dali_hf.trainers import AlignmentConfig, AlignmentStream, DistributionAlignmentTrainer
 
 from dali_hf.tiny import tiny_captioner
 
 
-def main(output_dir: str, per_device_batch: int, objective: str) -> None:
+def main(output_dir: str, per_device_batch: int, objective: str, data: str) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from test_alignment import pairs_dataset
 
@@ -20,9 +21,12 @@ def main(output_dir: str, per_device_batch: int, objective: str) -> None:
     args = AlignmentConfig(output_dir=output_dir, objective=objective, per_device_train_batch_size=per_device_batch,
                            learning_rate=1e-3, num_train_epochs=2, logging_steps=1, save_strategy="no",
                            report_to=[], seed=0, use_cpu=True, disable_tqdm=True, uniform_epochs=1,
-                           lambda_values=[0.05], lambda_final=0.05)
-    trainer = DistributionAlignmentTrainer(model=model, args=args, train_dataset=pairs_dataset(),
-                                           processing_class=processor)
+                           lambda_values=[0.05], lambda_final=0.05, ot_overlap_chunks=2 if data == "stream" else 1)
+    train = pairs_dataset()
+    if data == "stream":
+        source = train.to_iterable_dataset(num_shards=4).shuffle(seed=2, buffer_size=4)
+        train = AlignmentStream(source, processor, num_rows=len(train), decode_workers=2)
+    trainer = DistributionAlignmentTrainer(model=model, args=args, train_dataset=train, processing_class=processor)
     assert trainer.accelerator.num_processes == int(sys.argv[4]), 'not the requested number of processes'
     trainer.train()
     if trainer.is_world_process_zero():
@@ -31,4 +35,4 @@ def main(output_dir: str, per_device_batch: int, objective: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3])  # argv[4]: the expected number of processes
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[5])  # argv[4]: the expected number of processes

@@ -44,7 +44,9 @@ def fresh_captioner(llava_parts):
 
 
 def make_trainer(llava_parts, data, tmp_path, **overrides):
+    """`data`: a dataset, or a function of the processor that builds one."""
     model, processor = fresh_captioner(llava_parts)
+    data = data(processor) if callable(data) else data
     settings = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, learning_rate=1e-3,
                     num_train_epochs=3, logging_steps=1, save_strategy="no", report_to=[], seed=0,
                     use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, lambda_values=[0.05],
@@ -186,8 +188,8 @@ def test_align_cli_trains_and_writes_a_loadable_folder(llava_parts, data, tmp_pa
     assert torch.equal(aligned.model.language_model.embed_tokens.weight, model.model.language_model.embed_tokens.weight)
 
 
-@pytest.mark.parametrize("objective", ["ot", "attentive_ot"])
-def test_two_processes_give_the_loss_curve_of_one(tmp_path, objective):
+@pytest.mark.parametrize("objective,data", [("ot", "map"), ("attentive_ot", "map"), ("attentive_ot", "stream")])
+def test_two_processes_give_the_loss_curve_of_one(tmp_path, objective, data):
     import json
     import os
     import subprocess
@@ -196,13 +198,13 @@ def test_two_processes_give_the_loss_curve_of_one(tmp_path, objective):
 
     script = str(Path(__file__).parent / "ddp_align.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    single = subprocess.run([sys.executable, script, str(tmp_path / "one"), "4", objective, "1"], env=env,
+    single = subprocess.run([sys.executable, script, str(tmp_path / "one"), "4", objective, "1", data], env=env,
                             capture_output=True, text=True)
     assert single.returncode == 0, single.stderr[-3000:]
     # without a GPU, --multi_gpu runs DDP over CPU processes (gloo)
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    double = subprocess.run([*launch, script, str(tmp_path / "two"), "2", objective, "2"], env=env, capture_output=True,
+    double = subprocess.run([*launch, script, str(tmp_path / "two"), "2", objective, "2", data], env=env, capture_output=True,
                             text=True)
     assert double.returncode == 0, double.stderr[-3000:]
     one = json.loads((tmp_path / "one" / "losses.json").read_text())

@@ -10,11 +10,13 @@ from .distillation import (
 )
 from .objectives import AttentiveMarginals, contrastive_loss, lambda_schedule, mmd_loss, ot_loss
 from .prefix import PrefixTuningConfig, PrefixTuningTrainer
+from .streaming import AlignmentStream
 
 __all__ = [
     "SCORERS_NAME",
     "AlignmentCollator",
     "AlignmentConfig",
+    "AlignmentStream",
     "AttentiveMarginals",
     "AudioVisualDistillationTrainer",
     "CaptionCollator",

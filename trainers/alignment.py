@@ -24,6 +24,7 @@ from .objectives import (
     start_ot_loss,
 )
 from .stages import ModelCardMixin, freeze_all_but
+from .streaming import AlignmentStream, StreamLoader
 
 __all__ = ["AlignmentConfig", "DistributionAlignmentTrainer", "SCORERS_NAME"]
 
@@ -94,6 +95,9 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
                 raise ValueError("pass processing_class=LlavaAudioProcessor (or a data_collator)")
             data_collator = AlignmentCollator(processing_class)
         freeze_all_but(model, *TRAINABLE[args.train_audio_parameters])
+        if _is_streaming(kwargs.get("train_dataset")):
+            kwargs["train_dataset"] = AlignmentStream(kwargs["train_dataset"], processing_class, seed=args.seed,
+                                                      decode_workers=args.dataloader_num_workers or 4)
         super().__init__(model=model, args=args, data_collator=data_collator, processing_class=processing_class,
                          **kwargs)
         self.loss_is_scaled_for_ga = False
@@ -106,6 +110,38 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
             self.scorers.to(args.device)
             self.scorer_optimizer = torch.optim.Adam(self.scorers.parameters(), lr=args.scorer_learning_rate,
                                                      betas=(args.adam_beta1, args.adam_beta2))
+
+    # ---- streamed data ---------------------------------------------------------------------------------------
+
+    def get_train_dataloader(self):
+        if not isinstance(self.train_dataset, AlignmentStream):
+            return super().get_train_dataloader()
+        # the stream splits each global batch between processes itself: no accelerate resharding or dispatching
+        self.train_dataset.configure(self._train_batch_size, self.args.world_size, self.args.process_index)
+        return StreamLoader(self.train_dataset)
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        if isinstance(self.train_dataset, AlignmentStream) and resume_from_checkpoint \
+                and not self.args.ignore_data_skip:
+            self._resume_stream(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _resume_stream(self, checkpoint) -> None:
+        """Tell the stream where the checkpoint stopped, so the Trainer's fast-forward reads and decodes nothing."""
+        from transformers.trainer_callback import TrainerState
+        from transformers.trainer_utils import get_last_checkpoint
+
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        state_file = os.path.join(checkpoint or "", "trainer_state.json")
+        if not os.path.isfile(state_file):
+            return  # the Trainer reports the missing checkpoint
+        step = TrainerState.load_from_json(state_file).global_step
+        stream = self.train_dataset.configure(self._train_batch_size, self.args.world_size, self.args.process_index)
+        accumulation = self.args.gradient_accumulation_steps
+        updates_per_epoch = max(len(stream) // accumulation, 1) if stream.num_rows is not None else self.args.max_steps
+        epoch, updates_done = divmod(step, updates_per_epoch)
+        stream.resume(epoch, updates_done * accumulation)
 
     # ---- the loss --------------------------------------------------------------------------------------------
 
@@ -148,8 +184,11 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
     def _tokens(self, model, inputs):
         outputs = model(input_features=inputs["input_features"],
                         input_features_mask=inputs.get("input_features_mask"))
-        with torch.no_grad():
-            image = self.accelerator.unwrap_model(model).get_image_tokens(inputs["pixel_values"])
+        if "image_tokens" in inputs:  # cached targets: the frozen tower's tokens for a frame never change
+            image = inputs["image_tokens"]
+        else:
+            with torch.no_grad():
+                image = self.accelerator.unwrap_model(model).get_image_tokens(inputs["pixel_values"])
         return outputs.audio_tokens, image.to(outputs.audio_tokens.dtype)
 
     def _start_objective(self, model, inputs, lam):
@@ -255,3 +294,8 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
         if self.scorers is not None and self.args.should_save:
             save_file(self.scorers.state_dict(), os.path.join(output_dir or self.args.output_dir, SCORERS_NAME))
 
+
+def _is_streaming(dataset) -> bool:
+    import datasets
+
+    return isinstance(dataset, datasets.IterableDataset)

@@ -1,6 +1,8 @@
 """Batches from the column convention: `id`, `audio` ({"array", "sampling_rate"} or a path), `image` (PIL image or
 a path), `caption`."""
 
+import io
+
 import torch
 from PIL import Image
 
@@ -13,8 +15,8 @@ def load_image(source, name: str = "image") -> Image.Image:
     """An RGB PIL image from a PIL image or a path."""
     if isinstance(source, Image.Image):
         return source.convert("RGB")
-    if isinstance(source, dict) and source.get("path"):  # datasets' undecoded Image feature
-        source = source["path"]
+    if isinstance(source, dict):  # datasets' undecoded Image feature: the file's bytes, or its path
+        source = io.BytesIO(source["bytes"]) if source.get("bytes") else source.get("path")
     try:
         return Image.open(source).convert("RGB")
     except (OSError, TypeError, AttributeError) as error:
@@ -23,16 +25,18 @@ def load_image(source, name: str = "image") -> Image.Image:
 
 class AlignmentCollator:
     """(audio, image) pairs -> `input_features` (+ `input_features_mask`) and `pixel_values` for alignment. Rows
-    that already hold `input_features` and `pixel_values` (computed once for many epochs) are only stacked."""
+    that already hold `input_features` and `pixel_values` (computed once for many epochs) are only stacked; rows
+    with `image_tokens` (cached CLIP targets, see `cache_image_tokens`) pass them on instead of an image."""
 
     def __init__(self, processor):
         self.feature_extractor = processor.feature_extractor
         self.image_processor = processor.image_processor
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        if "input_features" in examples[0] and "pixel_values" in examples[0]:  # features computed once, beforehand
+        image_key = "image_tokens" if "image_tokens" in examples[0] else "pixel_values"
+        if "input_features" in examples[0] and image_key in examples[0]:  # features computed once, beforehand
             return {key: torch.stack([torch.as_tensor(ex[key]) for ex in examples])
-                    for key in ("input_features", "pixel_values", "input_features_mask") if key in examples[0]}
+                    for key in ("input_features", image_key, "input_features_mask") if key in examples[0]}
         rate = self.feature_extractor.sampling_rate
         clips = [prepare_audio(ex["audio"], rate, name=f"audio of item {ex.get('id', i)!r}")
                  for i, ex in enumerate(examples)]
@@ -41,6 +45,9 @@ class AlignmentCollator:
         mask = audio.get("input_features_mask", audio.get("attention_mask"))
         if mask is not None:
             batch["input_features_mask"] = mask
+        if image_key == "image_tokens":
+            batch["image_tokens"] = torch.stack([torch.as_tensor(ex["image_tokens"]) for ex in examples])
+            return batch
         images = [load_image(ex["image"], name=f"image of item {ex.get('id', i)!r}") for i, ex in enumerate(examples)]
         batch["pixel_values"] = self.image_processor(images, return_tensors="pt")["pixel_values"]
         return batch
