@@ -131,3 +131,18 @@ class CountingStreamFromRows(AlignmentStream):
     def _decode(self, row):
         self.decoded.append(row["id"])
         return super()._decode(row)
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-6), (torch.float16, 2e-3)])
+def test_cached_image_tokens_give_the_loss_of_images(llava_parts, tmp_path, dtype, tolerance):
+    from dali_hf.data import cache_image_tokens
+
+    data = pairs_dataset(8)
+    trainer = make_trainer(llava_parts, data, tmp_path, objective="ot")
+    cached = cache_image_tokens(trainer.model, trainer.processing_class, data, batch_size=3, dtype=dtype)
+    assert "image" not in cached.column_names and cached.features["image_tokens"].dtype == str(dtype)[6:]
+    model = trainer.model.eval()
+    with torch.no_grad():
+        from_images = trainer.compute_loss(model, trainer.data_collator([data[i] for i in range(8)]))
+        from_cache = trainer.compute_loss(model, trainer.data_collator([cached[i] for i in range(8)]))
+    assert abs(from_cache.item() - from_images.item()) <= tolerance * abs(from_images.item())
