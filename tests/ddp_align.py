@@ -1,5 +1,5 @@
 """Launched by test_alignment.py, alone or under `accelerate launch --num_processes 2`: a short alignment run whose
-logged losses are written as JSON by the main process. Data: the pairs as a map-style dataset, or streamed (a sharded,
+logged loss and OT term are written as JSON by the main process. Data: the pairs as a map-style dataset, or streamed (a sharded,
 shuffled `datasets.IterableDataset` through AlignmentStream, with each batch's OT solves split in two chunks)."""
 
 import json
@@ -30,8 +30,8 @@ def main(output_dir: str, per_device_batch: int, objective: str, data: str) -> N
     assert trainer.accelerator.num_processes == int(sys.argv[4]), 'not the requested number of processes'
     trainer.train()
     if trainer.is_world_process_zero():
-        losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
-        Path(output_dir, "losses.json").write_text(json.dumps(losses))
+        logged = {name: [log[name] for log in trainer.state.log_history if name in log] for name in ("loss", "ot")}
+        Path(output_dir, "losses.json").write_text(json.dumps(logged))
 
 
 if __name__ == "__main__":

@@ -182,14 +182,13 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
                 for start in range(0, len(inputs["input_features"]), size)]
 
     def _tokens(self, model, inputs):
-        outputs = model(input_features=inputs["input_features"],
-                        input_features_mask=inputs.get("input_features_mask"))
-        if "image_tokens" in inputs:  # cached targets: the frozen tower's tokens for a frame never change
-            image = inputs["image_tokens"]
-        else:
-            with torch.no_grad():
-                image = self.accelerator.unwrap_model(model).get_image_tokens(inputs["pixel_values"])
-        return outputs.audio_tokens, image.to(outputs.audio_tokens.dtype)
+        # One forward pass of the (wrapped) model gives both token sets, so FSDP / ZeRO-3 gather the frozen vision
+        # tower's weights as for any forward; nothing on the image side requires grad, so no graph is kept there.
+        cached = inputs.get("image_tokens")  # the frozen tower's tokens for a frame never change
+        outputs = model(input_features=inputs["input_features"], input_features_mask=inputs.get("input_features_mask"),
+                        pixel_values=None if cached is not None else inputs["pixel_values"])
+        image = cached if cached is not None else outputs.image_tokens
+        return outputs.audio_tokens, image.detach().to(outputs.audio_tokens.dtype)
 
     def _start_objective(self, model, inputs, lam):
         """Tokens of one chunk and a function giving its per-clip terms: "loss" (what the gradient flows from) and
@@ -264,9 +263,13 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
         prefix = "eval_" if mode == "eval" else ""
-        for name, values in self._metrics[mode].items():
-            if values:
-                logs[prefix + name] = sum(values) / len(values)
+        names = sorted(name for name, values in self._metrics[mode].items() if values)
+        if names:  # each process saw its own clips: log the mean over processes, as the Trainer does for the loss
+            means = torch.tensor([sum(self._metrics[mode][name]) / len(self._metrics[mode][name]) for name in names],
+                                 device=self.args.device)
+            if self.accelerator.num_processes > 1:
+                means = self.accelerator.reduce(means, reduction="mean")
+            logs.update({prefix + name: value for name, value in zip(names, means.tolist(), strict=True)})
         self._metrics[mode].clear()
         super().log(logs, start_time)
 
