@@ -31,6 +31,12 @@ def _add_training_stage(subparsers, name: str) -> None:
     parser.add_argument("--data", required=True, help="training rows: a datasets.save_to_disk folder")
     if name == "align":
         parser.add_argument("--eval-data", help="held-out pairs (evaluation uses uniform OT weights)")
+        parser.add_argument("--stream", action="store_true",
+                            help="read --data as a stream (workers decode it, each process its own clips, resumable "
+                                 "mid-epoch): a save_to_disk folder, a Hub dataset id or a folder of data files")
+        parser.add_argument("--shuffle-buffer", type=int, default=1000, help="with --stream: shuffle buffer size")
+        parser.add_argument("--num-rows", type=int, help="with --stream: rows per epoch, when the source does not "
+                                                         "record it (else set --max_steps)")
     if name == "distill":
         parser.add_argument("--captions", required=True, help="output folder of `dali-hf pseudo-caption`")
     parser.add_argument("--config", help="JSON/YAML file of the stage's TrainingArguments fields")
@@ -52,12 +58,35 @@ def _run_training_stage(args, extra: list[str]) -> None:
         (config,) = read(args.config)
     else:
         (config,) = config_parser.parse_args_into_dataclasses(extra)
-    train = datasets.load_from_disk(args.data)
+    train = _stream(args, config) if getattr(args, "stream", False) else datasets.load_from_disk(args.data)
     if args.command == "distill":
         train = trainers.attach_captions(train, datasets.load_from_disk(os.path.join(args.captions, "dataset")))
     evaluation = datasets.load_from_disk(args.eval_data) if getattr(args, "eval_data", None) else None
     recipe.run_training_stage(getattr(trainers, trainer_name), config, args.model, train, eval_dataset=evaluation)
     print(f"model written to {config.output_dir}")
+
+
+def _stream(args, config):
+    """--data as a shuffled `datasets.IterableDataset` (the alignment trainer turns it into an AlignmentStream)."""
+    import datasets
+
+    from .trainers import AlignmentStream
+
+    if os.path.isfile(os.path.join(args.data, "dataset_info.json")) or os.path.isfile(
+            os.path.join(args.data, "dataset_dict.json")):
+        rows = datasets.load_from_disk(args.data)
+        source = rows.to_iterable_dataset(num_shards=max(1, min(64, len(rows) // 1000)))
+        num_rows = args.num_rows or len(rows)
+    else:
+        source = datasets.load_dataset(args.data, split="train", streaming=True)
+        num_rows = args.num_rows
+    source = source.shuffle(seed=config.seed, buffer_size=args.shuffle_buffer)
+    if num_rows is None:
+        return source
+    from transformers import AutoProcessor
+
+    return AlignmentStream(source, AutoProcessor.from_pretrained(args.model), seed=config.seed,
+                           decode_workers=config.dataloader_num_workers or 4, num_rows=num_rows)
 
 
 def _add_pseudo_caption(subparsers) -> None:

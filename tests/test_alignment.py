@@ -168,7 +168,8 @@ def test_evaluation_uses_uniform_weights(llava_parts, data, tmp_path):
     assert abs(metrics["eval_loss"] - ot_loss(audio, image).mean().item()) < 1e-4
 
 
-def test_align_cli_trains_and_writes_a_loadable_folder(llava_parts, data, tmp_path):
+@pytest.mark.parametrize("stream", [False, True])
+def test_align_cli_trains_and_writes_a_loadable_folder(llava_parts, data, tmp_path, stream):
     from transformers import AutoModel
 
     from dali_hf.cli import main
@@ -180,7 +181,7 @@ def test_align_cli_trains_and_writes_a_loadable_folder(llava_parts, data, tmp_pa
     out = tmp_path / "aligned"
     main(["align", "--model", str(tmp_path / "start"), "--data", str(tmp_path / "pairs"), "--objective", "mmd",
           "--output_dir", str(out), "--per_device_train_batch_size", "4", "--max_steps", "2", "--use_cpu", "true",
-          "--report_to", "none", "--save_strategy", "no", "--learning_rate", "0.01"])
+          "--report_to", "none", "--save_strategy", "no", "--learning_rate", "0.01", *(["--stream"] if stream else [])])
     assert (out / "token_distributions.png").stat().st_size > 10_000
     aligned = AutoModel.from_pretrained(out)
     before = model.model.audio_to_vision.weight

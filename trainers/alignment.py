@@ -5,6 +5,7 @@ For each (audio clip, video frame) pair, A = `model.get_audio_tokens(...)` (trai
 the loss compares the two token sets clip by clip (`objectives`) and averages over the batch.
 """
 
+import itertools
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -246,15 +247,19 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
         from ..figures import plot_token_distributions
 
         dataset = dataset if dataset is not None else (self.eval_dataset or self.train_dataset)
+        if isinstance(dataset, AlignmentStream):
+            dataset = dataset.source
+        rows = (list(itertools.islice(iter(dataset), num_clips)) if isinstance(dataset, torch.utils.data.IterableDataset)
+                else [dataset[i] for i in range(min(num_clips, len(dataset)))])
         model = self.accelerator.unwrap_model(self.model).eval()
         audio, image = [], []
-        for start in range(0, min(num_clips, len(dataset)), batch_size):
-            rows = [dataset[i] for i in range(start, min(start + batch_size, num_clips, len(dataset)))]
-            batch = {k: v.to(model.device) for k, v in self.data_collator(rows).items()}
-            outputs = model(pixel_values=batch["pixel_values"], input_features=batch["input_features"],
+        for start in range(0, len(rows), batch_size):
+            batch = {k: v.to(model.device) for k, v in self.data_collator(rows[start:start + batch_size]).items()}
+            cached = batch.get("image_tokens")
+            outputs = model(pixel_values=batch.get("pixel_values"), input_features=batch["input_features"],
                             input_features_mask=batch.get("input_features_mask"))
             audio.append(outputs.audio_tokens)
-            image.append(outputs.image_tokens)
+            image.append(outputs.image_tokens if cached is None else cached.to(outputs.audio_tokens.dtype))
         plot_token_distributions(torch.cat(audio), torch.cat(image), path,
                                  title=f"{self.args.objective}, step {self.state.global_step}")
 
