@@ -118,8 +118,10 @@ def run_experiment(out_dir: str, seed: int = 0, size: ExperimentSize = FULL, log
         if size.distill and size.distill_clips:
             step(f"stage 2: pseudo-captions and distillation, {name}")
             distilled = run_distillation(aligned_dir, out / "models" / f"2-{name}", world, size, seed)
+            # the distilled audio projector was trained on "<audio> + instruction" without the prefix
+            # (DistillationConfig.use_prefix, METHOD.md section 5): its audio-only captions use that prompt
             for mode in ("audio", "audiovisual"):
-                rows.append(evaluate(distilled, name, mode, "distilled"))
+                rows.append(evaluate(distilled, name, mode, "distilled", prefix=mode == "audiovisual"))
         step(f"{name}: " + ", ".join(f"{r['mode']}/{r['stage']} F1 {r['source_f1']:.2f}"
                                      for r in rows if r["objective"] == name))
     rows = _deduplicate_silence(rows)
@@ -300,7 +302,7 @@ def _evaluator(processor, world: ToyWorld, scenes):
     images = [world.image(s) for s in scenes]
     examples = {}
 
-    def evaluate(model, objective, mode, stage, use_audio=True, silence=False) -> dict:
+    def evaluate(model, objective, mode, stage, use_audio=True, silence=False, prefix=True) -> dict:
         captions = []
         for start in range(0, len(scenes), 50):
             part = slice(start, start + 50)
@@ -310,7 +312,7 @@ def _evaluator(processor, world: ToyWorld, scenes):
                 kwargs.update(audio=audio, sampling_rate=16000)
             if mode == "audiovisual":
                 kwargs["images"] = images[part]
-            prompt = processor.caption_prompt(image=mode == "audiovisual", audio=use_audio, prefix=True)
+            prompt = processor.caption_prompt(image=mode == "audiovisual", audio=use_audio, prefix=prefix)
             inputs = processor(text=[prompt] * len(clips[part]), return_tensors="pt", **kwargs)
             with torch.no_grad():
                 generated = model.generate(**inputs, max_new_tokens=16, do_sample=False)
