@@ -38,7 +38,7 @@ class ExperimentSize:
     captioner_scenes: int = 2000
     captioner_steps: int = 1000
     align_pairs: int = 2000
-    align_epochs: int = 16
+    align_epochs: int = 32  # every objective's loss still falls at 16 (OT -11%, MMD -15% in the last third)
     distill_clips: int = 600
     test_clips: int = 150
     objectives: tuple = OBJECTIVES
