@@ -271,7 +271,7 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
         names = sorted(name for name, values in self._metrics[mode].items() if values)
         if names:  # each process saw its own clips: log the mean over processes, as the Trainer does for the loss
             means = torch.tensor([sum(self._metrics[mode][name]) / len(self._metrics[mode][name]) for name in names],
-                                 device=self.args.device)
+                                 dtype=torch.float64, device=self.args.device)
             if self.accelerator.num_processes > 1:
                 means = self.accelerator.reduce(means, reduction="mean")
             logs.update({prefix + name: value for name, value in zip(names, means.tolist(), strict=True)})
