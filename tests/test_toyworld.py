@@ -49,7 +49,7 @@ def test_same_seed_gives_the_same_table(tmp_path):
     same code)."""
     from dali_hf.toyworld import ExperimentSize
 
-    tiny = ExperimentSize(captioner_scenes=120, captioner_steps=20, align_pairs=64, align_epochs=2, distill_clips=16,
+    tiny = ExperimentSize(captioner_scenes=120, captioner_steps=50, align_pairs=64, align_epochs=2, distill_clips=16,
                           test_clips=8, objectives=(("attentive_ot", "exact"),), distill=True)
     first = run_experiment(str(tmp_path / "a"), seed=1, size=tiny, log=lambda *_: None)
     second = run_experiment(str(tmp_path / "b"), seed=1, size=tiny, log=lambda *_: None)
