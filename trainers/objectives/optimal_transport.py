@@ -60,7 +60,7 @@ def ot_loss(
         x_weights, y_weights: token weights [B, N] / [B, M], each row a distribution (None = uniform).
         solver: "exact" (POT network simplex) or "sinkhorn" (batched entropic, torch).
         epsilon: sinkhorn regularisation relative to the spread of the clip's costs (default 0.05); exact ignores it.
-        num_threads: threads for the exact solver (default: the CPU count, or 1 below 64 x 64 tokens).
+        num_threads: threads for the exact solver (default: the CPU count; below 64 x 64 tokens, solved inline).
         max_iter: solver iteration cap (exact: 10^7 simplex iterations; sinkhorn: 5000 per clip batch).
     """
     return start_ot_loss(x, y, x_weights, y_weights, solver, epsilon, num_threads, max_iter).result()
@@ -130,14 +130,13 @@ class _ExactSolves:
         workers = min(batch, num_threads or os.cpu_count() or 1)
         self.a64 = a.to("cpu", torch.float64).numpy()
         self.b64 = b.to("cpu", torch.float64).numpy()
+        self.plans = torch.empty((batch, n, m), dtype=torch.promote_types(x.dtype, torch.float32))  # the costs' dtype
+        self.u = torch.empty((batch, n), dtype=torch.float64)
+        self.v = torch.empty((batch, m), dtype=torch.float64)
         self.costs, self.futures, self.warnings = [], [], []
         self.max_iter = max_iter
         for start in range(0, batch, workers):
             cost = pairwise_sq_distances(x[start:start + workers], y[start:start + workers])
-            if start == 0:
-                self.plans = torch.empty((batch, n, m), dtype=cost.dtype)
-                self.u = torch.empty((batch, n), dtype=torch.float64)
-                self.v = torch.empty((batch, m), dtype=torch.float64)
             self.costs.append(cost)
             host, ready = _to_host(cost.detach())
             for offset, clip_cost in enumerate(host):
