@@ -120,11 +120,12 @@ def _linear_fit(measure, real_depth: int, real_seq: int, seqs=(16, 32)) -> tuple
     return int(at(base) + real_depth * layer), int(layer)
 
 
-def stage_memory(config, stage: Stage, devices: int = 4) -> dict:
-    """Memory of `stage` per device for a LlavaAudio `config`, with the paper's batch split over `devices`."""
-    from .full_size import full_size_captioner, parameter_counts
+def stage_memory(model, stage: Stage, devices: int = 4) -> dict:
+    """Memory of `stage` per device for a LlavaAudio `model` (meta tensors suffice), with the paper's batch split
+    over `devices`."""
+    from .full_size import parameter_counts
 
-    counts = parameter_counts(full_size_captioner())
+    config, counts = model.config, parameter_counts(model)
     scorers = 2 * (4 * 1024 * 1024 + 4 * 1024) + 6 * (1024 * 1024 + 1024)  # AttentiveMarginals(1024)
     trained = sum(scorers if part == "scorers" else counts[part] for part in stage.trained)
     batch = stage.global_batch // devices
@@ -160,8 +161,8 @@ def memory_table(devices: int = 4) -> str:
     """The README's Markdown table for the full-size model (LLaVA-1.5-7B + CAV-MAE scale++)."""
     from .full_size import full_size_captioner
 
-    config = full_size_captioner().config
-    rows = [stage_memory(config, stage, devices) for stage in STAGES]
+    model = full_size_captioner()
+    rows = [stage_memory(model, stage, devices) for stage in STAGES]
     lines = ["| stage | trained params | batch / device (tokens) | weights | gradients | AdamW state | activations "
              "| activations, checkpointed | total | total, checkpointed |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -53,7 +53,8 @@ class AlignmentStream(torch.utils.data.IterableDataset):
         self.epoch = epoch
 
     def resume(self, epoch: int, batches: int) -> None:
-        """The next pass over `epoch` yields `batches` placeholders (no reading, no decoding) before real batches."""
+        """The next pass over `epoch` yields `batches` placeholders before real batches: nothing is decoded for them
+        (a map-style source is not even read; an iterable one is read undecoded, as it must be to move on)."""
         self._resume = {epoch: batches}
 
     def __len__(self) -> int:
