@@ -28,7 +28,8 @@ def run_training_stage(trainer_class, args, model_path: str, train_dataset, eval
     TrainingArguments), save model + processor (and, for alignment, the token-distribution figure) to
     `args.output_dir`, resuming from its last checkpoint if there is one."""
     output_dir = args.output_dir
-    model = AutoModel.from_pretrained(model_path)
+    # alignment loads only what it runs (no language model); the other stages load the whole captioner
+    model = getattr(trainer_class, "load_model", AutoModel.from_pretrained)(model_path)
     processor = AutoProcessor.from_pretrained(model_path)
     trainer = trainer_class(model=model, args=args, processing_class=processor, train_dataset=train_dataset,
                             eval_dataset=eval_dataset)

@@ -1,5 +1,6 @@
 """Launched by test_alignment.py, alone or under `accelerate launch --num_processes 2`: a short alignment run whose
-logged loss and OT term are written as JSON by the main process. Data: the pairs as a map-style dataset, or streamed (a sharded,
+logged loss and OT term are written as JSON by the main process. The model is given as a captioner folder, so the
+trainer loads it without its language model. Data: the pairs as a map-style dataset, or streamed (a sharded,
 shuffled `datasets.IterableDataset` through AlignmentStream, with each batch's OT solves split in two chunks)."""
 
 import json
@@ -7,17 +8,21 @@ import sys
 from pathlib import Path
 
 import torch
-from dali_hf.trainers import AlignmentConfig, AlignmentStream, DistributionAlignmentTrainer
+from dali_hf.trainers import (
+    AlignmentConfig,
+    AlignmentStream,
+    DistributionAlignmentTrainer,
+    LlavaAudioAlignmentModel,
+)
+from transformers import AutoProcessor
 
-from dali_hf.tiny import tiny_captioner
 
-
-def main(output_dir: str, per_device_batch: int, objective: str, data: str) -> None:
+def main(output_dir: str, per_device_batch: int, objective: str, data: str, model_dir: str) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from test_alignment import pairs_dataset
 
     torch.set_num_threads(1)
-    model, processor, _ = tiny_captioner("ast")
+    processor = AutoProcessor.from_pretrained(model_dir)
     args = AlignmentConfig(output_dir=output_dir, objective=objective, per_device_train_batch_size=per_device_batch,
                            learning_rate=1e-3, num_train_epochs=2, logging_steps=1, save_strategy="no",
                            report_to=[], seed=0, use_cpu=True, disable_tqdm=True, uniform_epochs=1,
@@ -26,13 +31,16 @@ def main(output_dir: str, per_device_batch: int, objective: str, data: str) -> N
     if data == "stream":
         source = train.to_iterable_dataset(num_shards=4).shuffle(seed=2, buffer_size=4)
         train = AlignmentStream(source, processor, num_rows=len(train), decode_workers=2)
-    trainer = DistributionAlignmentTrainer(model=model, args=args, train_dataset=train, processing_class=processor)
+    trainer = DistributionAlignmentTrainer(model=model_dir, args=args, train_dataset=train, processing_class=processor)
     assert trainer.accelerator.num_processes == int(sys.argv[4]), 'not the requested number of processes'
+    assert isinstance(trainer.model, LlavaAudioAlignmentModel), type(trainer.model)
     trainer.train()
+    if not trainer.is_fsdp_enabled:  # the shipped FSDP config saves sharded checkpoints, no model folder
+        trainer.save_model(str(Path(output_dir, "final")))
     if trainer.is_world_process_zero():
         logged = {name: [log[name] for log in trainer.state.log_history if name in log] for name in ("loss", "ot")}
         Path(output_dir, "losses.json").write_text(json.dumps(logged))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[5])  # argv[4]: the expected number of processes
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[5], sys.argv[6])  # argv[4]: the expected number of processes

@@ -193,22 +193,29 @@ def test_align_cli_trains_and_writes_a_loadable_folder(llava_parts, data, tmp_pa
                                                     ("attentive_ot", "stream", "ddp"), ("ot", "stream", "fsdp")])
 def test_two_processes_give_the_loss_curve_of_one(tmp_path, objective, data, config):
     """The shipped accelerate configs, unchanged but for the process count and precision: without a GPU, DDP and
-    FSDP2 run over CPU processes (gloo)."""
+    FSDP2 run over CPU processes (gloo). The trainer loads the captioner folder without its language model."""
     import json
     import os
     import subprocess
     import sys
     from pathlib import Path
 
+    from dali_hf.tiny import tiny_captioner
+
     script = str(Path(__file__).parent / "ddp_align.py")
+    model, processor, _ = tiny_captioner("ast")
+    model.save_pretrained(tmp_path / "captioner")
+    processor.save_pretrained(tmp_path / "captioner")
     config_file = str(Path(__file__).parents[1] / "configs" / "accelerate" / f"{config}.yaml")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    single = subprocess.run([sys.executable, script, str(tmp_path / "one"), "4", objective, "1", data], env=env,
+    single = subprocess.run([sys.executable, script, str(tmp_path / "one"), "4", objective, "1", data,
+                             str(tmp_path / "captioner")], env=env,
                             capture_output=True, text=True)
     assert single.returncode == 0, single.stderr[-3000:]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_file, "--num_processes", "2",
               "--mixed_precision", "no"]
-    double = subprocess.run([*launch, script, str(tmp_path / "two"), "2", objective, "2", data], env=env,
+    double = subprocess.run([*launch, script, str(tmp_path / "two"), "2", objective, "2", data,
+                             str(tmp_path / "captioner")], env=env,
                             capture_output=True, text=True)
     assert double.returncode == 0, double.stderr[-3000:]
     one = json.loads((tmp_path / "one" / "losses.json").read_text())
@@ -216,3 +223,12 @@ def test_two_processes_give_the_loss_curve_of_one(tmp_path, objective, data, con
     assert len(one["loss"]) == len(two["loss"]) == 8
     assert np.allclose(one["loss"], two["loss"], rtol=1e-4), (one, two)
     assert np.allclose(one["ot"], two["ot"], rtol=1e-4), (one, two)  # logged terms: the mean over processes
+    if config == "ddp":  # the main process wrote a complete captioner: the trained audio parts, the untouched LM
+        from transformers import AutoModel
+
+        start, final_one, final_two = (AutoModel.from_pretrained(path) for path in (
+            tmp_path / "captioner", tmp_path / "one" / "final", tmp_path / "two" / "final"))
+        assert torch.equal(final_two.lm_head.weight, start.lm_head.weight)
+        assert not torch.equal(final_two.model.audio_to_vision.weight, start.model.audio_to_vision.weight)
+        torch.testing.assert_close(final_two.model.audio_to_vision.weight, final_one.model.audio_to_vision.weight,
+                                   rtol=1e-4, atol=1e-5)

@@ -8,6 +8,7 @@ from .distillation import (
     attach_captions,
     generate_pseudo_captions,
 )
+from .lean import LlavaAudioAlignmentModel, load_alignment_model
 from .objectives import AttentiveMarginals, contrastive_loss, lambda_schedule, mmd_loss, ot_loss
 from .prefix import PrefixTuningConfig, PrefixTuningTrainer
 from .streaming import AlignmentStream
@@ -22,12 +23,14 @@ __all__ = [
     "CaptionCollator",
     "DistillationConfig",
     "DistributionAlignmentTrainer",
+    "LlavaAudioAlignmentModel",
     "PrefixTuningConfig",
     "PrefixTuningTrainer",
     "attach_captions",
     "contrastive_loss",
     "generate_pseudo_captions",
     "lambda_schedule",
+    "load_alignment_model",
     "mmd_loss",
     "ot_loss",
 ]

@@ -16,6 +16,7 @@ from transformers import Trainer, TrainingArguments
 
 from ..convert import SCORERS_NAME  # one name for the scorer file, written by the converter and the trainer
 from .collators import AlignmentCollator
+from .lean import LlavaAudioAlignmentModel, load_alignment_model, load_alignment_weights
 from .objectives import (
     AttentiveMarginals,
     contrastive_loss,
@@ -82,15 +83,22 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
     H(beta)) with the audio tokens detached at their input, while the encoder trains on OT(A, I; alpha, beta) with
     the weights as constants: one OT solve serves both (gradients: plan for A, dual potentials for the weights).
     Evaluation and best-checkpoint selection use uniform weights. Checkpoints hold the scorers and their optimiser.
+
+    `model` may be a captioner folder or Hub id: it is then loaded without its language model
+    ([`LlavaAudioAlignmentModel`]), and every folder the trainer saves is still a complete captioner. A whole
+    captioner passed as `model` trains the same way.
     """
 
     stage_name = "alignment"
     card_fields = ("objective", "solver", "epsilon", "lambda_values", "lambda_final", "uniform_epochs",
                    "scorer_learning_rate", "train_audio_parameters", "adam_beta1", "weight_decay")
+    load_model = staticmethod(load_alignment_model)  # how `run_training_stage` loads a folder for this stage
 
     def __init__(self, model=None, args: AlignmentConfig | None = None, data_collator=None,
                  processing_class=None, scorers: AttentiveMarginals | None = None, **kwargs):
         args = args or AlignmentConfig(output_dir="outputs/alignment")
+        if isinstance(model, str | os.PathLike):
+            model = load_alignment_model(model)
         if data_collator is None:
             if processing_class is None:
                 raise ValueError("pass processing_class=LlavaAudioProcessor (or a data_collator)")
@@ -296,6 +304,19 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
             if os.path.isfile(optimizer_file):
                 self.scorer_optimizer.load_state_dict(
                     torch.load(optimizer_file, map_location=self.args.device, weights_only=True))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        model = model if model is not None else self.model
+        if isinstance(model, LlavaAudioAlignmentModel) and not (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            load_alignment_weights(model, resume_from_checkpoint)  # not the language model the checkpoint holds
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        if isinstance(self.model, LlavaAudioAlignmentModel) and not (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            load_alignment_weights(self.model, self.state.best_model_checkpoint)
+            return
+        super()._load_best_model()
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call)
