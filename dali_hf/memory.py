@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["STAGES", "Stage", "memory_table", "saved_activation_bytes", "stage_memory"]
+__all__ = ["CARDS_GIB", "STAGES", "Stage", "card_fit_table", "largest_batch", "memory_rows", "memory_table",
+           "saved_activation_bytes", "stage_memory"]
 
 GiB = 2**30
 
@@ -25,13 +26,20 @@ class Stage:
     global_batch: int  # the paper's
     path: str  # "language_model": gradients cross the frozen LM; "audio_tower": the LM is not run
     text_tokens: int = 64  # prompt + caption tokens per example (captions are short; pseudo-captions up to 128)
+    loads: tuple[str, ...] = ()  # the parts of the captioner loaded (empty: all of it)
 
 
+ALIGNMENT = ("audio_tower", "audio_to_vision", "scorers")
 STAGES = (
     Stage("1a prefix tuning", ("prefix_embeddings",), 16, "language_model"),
-    Stage("1b alignment (attentive OT)", ("audio_tower", "audio_to_vision", "scorers"), 256, "audio_tower"),
+    Stage("1b alignment (attentive OT), whole captioner", ALIGNMENT, 256, "audio_tower"),
+    Stage("1b alignment (attentive OT), no LM (default)", ALIGNMENT, 256, "audio_tower",
+          loads=("vision_tower", "audio_tower", "audio_to_vision")),
     Stage("2 distillation", ("audio_multi_modal_projector",), 40, "language_model"),
 )
+CARDS_GIB = (24, 40, 80)
+# CUDA context, kernels and allocator fragmentation: memory of a card that the tensors above cannot use
+CARD_HEADROOM_GIB = 1.5
 
 
 def saved_activation_bytes(module: torch.nn.Module, run) -> int:
@@ -128,6 +136,8 @@ def stage_memory(model, stage: Stage, devices: int = 4) -> dict:
     config, counts = model.config, parameter_counts(model)
     scorers = 2 * (4 * 1024 * 1024 + 4 * 1024) + 6 * (1024 * 1024 + 1024)  # AttentiveMarginals(1024)
     trained = sum(scorers if part == "scorers" else counts[part] for part in stage.trained)
+    trained_in_model = trained - (scorers if "scorers" in stage.trained else 0)  # the scorers are not in the model
+    loaded = sum(counts[part] for part in stage.loads) if stage.loads else counts["total"]
     batch = stage.global_batch // devices
     if stage.path == "language_model":
         modality = config.image_seq_length if "prefix" in stage.name else config.audio_seq_length
@@ -149,7 +159,7 @@ def stage_memory(model, stage: Stage, devices: int = 4) -> dict:
         "trained_parameters": trained,
         "batch_per_device": batch,
         "sequence": seq,
-        "weights": (counts["total"] - trained) * 2 + trained * 4,
+        "weights": (loaded - trained_in_model) * 2 + trained * 4,
         "gradients": trained * 4,
         "optimizer": trained * 8,
         "activations": per_example * batch,
@@ -157,12 +167,31 @@ def stage_memory(model, stage: Stage, devices: int = 4) -> dict:
     }
 
 
-def memory_table(devices: int = 4) -> str:
-    """The README's Markdown table for the full-size model (LLaVA-1.5-7B + CAV-MAE scale++)."""
-    from .full_size import full_size_captioner
+def largest_batch(row: dict, card_gib: float, checkpointed: bool = True) -> int:
+    """The largest per-device batch of a `stage_memory` row that fits a card of `card_gib` GiB (0: not even one)."""
+    fixed = row["weights"] + row["gradients"] + row["optimizer"]
+    per_example = row["activations_checkpointed" if checkpointed else "activations"] / row["batch_per_device"]
+    return max(int(((card_gib - CARD_HEADROOM_GIB) * GiB - fixed) // per_example), 0)
 
-    model = full_size_captioner()
-    rows = [stage_memory(model, stage, devices) for stage in STAGES]
+
+def card_fit_table(rows: list[dict], cards=CARDS_GIB) -> str:
+    """Markdown: per stage and card size, the largest per-device batch that fits, with activation checkpointing
+    (and without), next to the paper's batch per device."""
+    lines = ["| stage | paper's batch / device | " + " | ".join(f"{card} GB card" for card in cards) + " |",
+             "|---|---|" + "---|" * len(cards)]
+    for r in rows:
+        cells = []
+        for card in cards:
+            best, plain = largest_batch(r, card), largest_batch(r, card, checkpointed=False)
+            fits = "fits" if best >= r["batch_per_device"] else "does not fit"
+            cells.append(f"{fits}: up to {best} ({plain} without checkpointing)")
+        lines.append(f"| {r['stage']} | {r['batch_per_device']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def memory_table(devices: int = 4, rows: list[dict] | None = None) -> str:
+    """The README's Markdown table for the full-size model (LLaVA-1.5-7B + CAV-MAE scale++)."""
+    rows = rows if rows is not None else memory_rows(devices)
     lines = ["| stage | trained params | batch / device (tokens) | weights | gradients | AdamW state | activations "
              "| activations, checkpointed | total | total, checkpointed |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -173,3 +202,11 @@ def memory_table(devices: int = 4) -> str:
                 r["weights"], r["gradients"], r["optimizer"], r["activations"], r["activations_checkpointed"],
                 fixed + r["activations"], fixed + r["activations_checkpointed"])) + " |")
     return "\n".join(lines)
+
+
+def memory_rows(devices: int = 4) -> list[dict]:
+    """`stage_memory` of every stage for the full-size model (LLaVA-1.5-7B + CAV-MAE scale++)."""
+    from .full_size import full_size_captioner
+
+    model = full_size_captioner()
+    return [stage_memory(model, stage, devices) for stage in STAGES]

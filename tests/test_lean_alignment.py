@@ -193,3 +193,43 @@ def test_misuse_gets_a_clear_error(folder, tmp_path):
     model.model.language_model.save_pretrained(tmp_path / "not_a_captioner")
     with pytest.raises(ValueError, match="not a LlavaAudio captioner folder"):
         LlavaAudioAlignmentModel.from_pretrained(tmp_path / "not_a_captioner")
+
+
+def test_a_requested_dtype_saves_as_the_whole_model_does(folder, tmp_path):
+    from dali_hf.trainers.stages import freeze_all_but
+
+    whole = AutoModel.from_pretrained(folder, dtype=torch.bfloat16)
+    lean = LlavaAudioAlignmentModel.from_pretrained(folder, dtype=torch.bfloat16)
+    for model in (whole, lean):  # as the trainer does: the trained parts kept in float32
+        freeze_all_but(model, "audio_tower", "audio_to_vision")
+    whole.save_pretrained(tmp_path / "whole")
+    lean.save_pretrained(tmp_path / "lean")
+    for name in ("model.safetensors", "config.json"):
+        assert (tmp_path / "lean" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    assert AutoModel.from_pretrained(tmp_path / "lean").lm_head.weight.dtype == torch.bfloat16
+
+
+def test_memory_table_lean_row_drops_exactly_the_unloaded_parts(monkeypatch):
+    from dali_hf import memory
+    from dali_hf.full_size import full_size_captioner, parameter_counts
+
+    monkeypatch.setattr(memory, "_audio_fit", lambda *args: (1, 1))  # activations are not what is checked here
+    model = full_size_captioner()
+    whole, lean = (memory.stage_memory(model, stage) for stage in memory.STAGES[1:3])
+    assert "whole" in whole["stage"] and lean["stage"].startswith("1b") and "no LM" in lean["stage"]
+    counts = parameter_counts(model)
+    unloaded = sum(counts[part] for part in ("language_model", "multi_modal_projector", "audio_multi_modal_projector",
+                                             "prefix_embeddings"))
+    assert whole["weights"] - lean["weights"] == 2 * unloaded  # frozen, bf16
+    assert lean["activations"] == whole["activations"]
+
+
+def test_largest_batch_that_fits_a_card():
+    from dali_hf.memory import CARD_HEADROOM_GIB, GiB, largest_batch
+
+    row = {"weights": 10 * GiB, "gradients": GiB, "optimizer": GiB, "activations": 8 * GiB,
+           "activations_checkpointed": 2 * GiB, "batch_per_device": 4}
+    # (24 - headroom - 12 GiB) left, over 0.5 GiB a clip checkpointed, 2 GiB a clip without
+    assert largest_batch(row, 24) == int((12 - CARD_HEADROOM_GIB) / 0.5)
+    assert largest_batch(row, 24, checkpointed=False) == int((12 - CARD_HEADROOM_GIB) / 2)
+    assert largest_batch(row, 12) == 0

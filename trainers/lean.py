@@ -25,6 +25,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 from transformers import AutoModel, GenerationConfig
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from ..modeling.modeling_llava_audio import (
@@ -78,6 +79,7 @@ class LlavaAudioAlignmentModel(LlavaAudioPreTrainedModel):
         self.post_init()
         self.source_files: list[str] = []  # the captioner's safetensors files, set by from_pretrained
         self.captioner_generation_config: GenerationConfig | None = None
+        self.load_dtype: torch.dtype | None = None  # a dtype asked of from_pretrained: the other parts are saved in it
 
     def get_image_tokens(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
         """See [`LlavaAudioModel.get_image_tokens`]."""
@@ -104,6 +106,7 @@ class LlavaAudioAlignmentModel(LlavaAudioPreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "LlavaAudioAlignmentModel":
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model.load_dtype = _requested_dtype(kwargs.get("dtype", kwargs.get("torch_dtype")))
         download = {name: kwargs[name] for name in ("revision", "token", "cache_dir", "local_files_only",
                                                    "subfolder") if name in kwargs}
         try:  # what a save of the whole captioner would write: its generation settings
@@ -126,6 +129,8 @@ class LlavaAudioAlignmentModel(LlavaAudioPreTrainedModel):
             for file in _files_holding_alignment_keys(checkpoint_files, weight_map):
                 handle = stack.enter_context(safe_open(file, framework="pt", device="cpu"))
                 slices.update({key: handle.get_slice(key) for key in handle.keys() if is_alignment_key(key)})
+            if is_deepspeed_zero3_enabled():  # that loader takes tensors, not lazy slices
+                slices = {key: value[:] for key, value in slices.items()}
             loading_info, offload = super()._load_pretrained_model(model, slices, checkpoint_files, load_config,
                                                                    expected_keys)
         if loading_info.missing_keys:
@@ -154,7 +159,8 @@ class LlavaAudioAlignmentModel(LlavaAudioPreTrainedModel):
                 for file in self.source_files:
                     handle = stack.enter_context(safe_open(file, framework="pt", device="cpu"))
                     # memory-mapped: pages are read while the shard holding them is written, then dropped
-                    others.update({key: handle.get_tensor(key) for key in handle.keys() if key not in own})
+                    others.update({key: self._as_loaded(handle.get_tensor(key)) for key in handle.keys()
+                                   if key not in own})
             names = captioner.state_dict().keys()
             missing = [n for n in names if n not in own and n not in others and n not in captioner.all_tied_weights_keys]
             if is_main_process and missing:
@@ -164,6 +170,12 @@ class LlavaAudioAlignmentModel(LlavaAudioPreTrainedModel):
                        if name in own or name in others}
             return captioner.save_pretrained(save_directory, *args, state_dict=ordered,
                                              is_main_process=is_main_process, **kwargs)
+
+    def _as_loaded(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A stored tensor in the dtype the whole captioner would have been loaded in, and so saved in."""
+        if self.load_dtype is None or not tensor.is_floating_point():
+            return tensor
+        return tensor.to(self.load_dtype)
 
     def _captioner_shell(self) -> LlavaAudioForConditionalGeneration:
         """The whole captioner on the meta device (no memory), with this model's config: what saves the folder."""
@@ -198,6 +210,13 @@ def load_alignment_weights(model: LlavaAudioAlignmentModel, folder: str) -> None
     result = model.load_state_dict(tensors, strict=False)
     if result.missing_keys:
         raise ValueError(f"{folder} lacks {result.missing_keys[:5]}: not a checkpoint of this model")
+
+
+def _requested_dtype(dtype) -> torch.dtype | None:
+    """The dtype that `from_pretrained(dtype=...)` casts every weight to (None: each kept as stored)."""
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype)
+    return dtype if isinstance(dtype, torch.dtype) else None
 
 
 def _files_holding_alignment_keys(files: list[str], weight_map: dict | None) -> list[str]:
