@@ -115,7 +115,8 @@ def main(argv=None) -> list[dict]:
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         timings = " | ".join(f"{row[k]:.1f} s" if k in row else "-" for k in ("load_s", "train_s", "save_s"))
-        print(f"| {row['variant']} | {row['dtype']} | {row['after training']:.0f} MiB | {row['after saving']:.0f} MiB | {timings} |")
+        memory = f"{row['after training']:.0f} MiB | {row['after saving']:.0f} MiB"
+        print(f"| {row['variant']} | {row['dtype']} | {memory} | {timings} |")
     return rows
 
 

@@ -307,16 +307,20 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         model = model if model is not None else self.model
-        if isinstance(model, LlavaAudioAlignmentModel) and not (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+        if self._reads_its_own_checkpoints(model):
             load_alignment_weights(model, resume_from_checkpoint)  # not the language model the checkpoint holds
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def _load_best_model(self) -> None:
-        if isinstance(self.model, LlavaAudioAlignmentModel) and not (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+        if self._reads_its_own_checkpoints(self.model):
             load_alignment_weights(self.model, self.state.best_model_checkpoint)
             return
         super()._load_best_model()
+
+    def _reads_its_own_checkpoints(self, model) -> bool:
+        # FSDP and DeepSpeed restore their own sharded checkpoints, which hold only the model's parts anyway
+        return isinstance(model, LlavaAudioAlignmentModel) and not (self.is_fsdp_enabled or self.is_deepspeed_enabled)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call)

@@ -162,7 +162,8 @@ class LlavaAudioAlignmentModel(LlavaAudioPreTrainedModel):
                     others.update({key: self._as_loaded(handle.get_tensor(key)) for key in handle.keys()
                                    if key not in own})
             names = captioner.state_dict().keys()
-            missing = [n for n in names if n not in own and n not in others and n not in captioner.all_tied_weights_keys]
+            tied = captioner.all_tied_weights_keys  # rebuilt from their source on load: not saved
+            missing = [name for name in names if name not in own and name not in others and name not in tied]
             if is_main_process and missing:
                 raise ValueError(f"the captioner files {self.source_files} lack {missing[:5]}: they changed since "
                                  "this model was loaded from them")
