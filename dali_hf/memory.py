@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["CARDS_GIB", "STAGES", "Stage", "card_fit_table", "largest_batch", "memory_rows", "memory_table",
-           "saved_activation_bytes", "stage_memory"]
+__all__ = ["CARDS_GIB", "CARD_HEADROOM_GIB", "STAGES", "Stage", "card_fit_table", "largest_batch", "memory_rows",
+           "memory_table", "saved_activation_bytes", "stage_memory"]
 
 GiB = 2**30
 
