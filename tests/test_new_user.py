@@ -94,6 +94,7 @@ def _write_clotho(folder: Path, clips: dict[str, np.ndarray]) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_evaluate_scores_one_caption_per_clip_from_the_first_window(captioner, whisper_folder, tmp_path):
     """Points 1 and 13: clips of 2.5 s (longer than the 1 s window) are captioned from their first second, as the
     paper cuts clips to the encoder's input; joining the window captions is an explicit option; SPICE / SPIDEr
@@ -299,6 +300,7 @@ def test_batch_errors_name_the_item(captioner):
 # ---- the command: 8, 10, 12 through `dali-hf caption` -------------------------------------------------------------
 
 
+@pytest.mark.slow
 @needs_ffmpeg
 def test_caption_command_on_a_folder_of_real_media(ast_folder, tmp_path):
     """Points 2, 6, 8, 10 and 12: a short file does not end the batch, long audio is written as chunks, silence is
