@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers.pipelines.base import ChunkPipeline
@@ -47,6 +48,7 @@ SILENCE_CAPTION = "silence"
 DEFAULT_SILENCE_THRESHOLD_DB = -60.0
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 FRAME_SECONDS = 0.025  # one analysis frame of the filterbank encoders: shorter audio gives no frame
+_NOT_GIVEN = object()
 
 
 @dataclass
@@ -106,13 +108,14 @@ class AudioCaptioningPipeline(ChunkPipeline):
         return outputs[0] if single else outputs
 
     def _sanitize_parameters(self, mode=None, frame=None, prompt=None, sampling_rate=None, chunk_length_s=None,
-                             stride_length_s=None, long_audio=None, silence_threshold_db=DEFAULT_SILENCE_THRESHOLD_DB,
-                             preset=None, max_new_tokens=None, generate_kwargs=None, **kwargs):
+                             stride_length_s=None, long_audio=None, silence_threshold_db=_NOT_GIVEN, preset=None,
+                             max_new_tokens=None, generate_kwargs=None, **kwargs):
         preprocess = {k: v for k, v in dict(mode=mode, frame=frame, prompt=prompt, sampling_rate=sampling_rate,
                                              chunk_length_s=chunk_length_s, stride_length_s=stride_length_s,
                                              long_audio=long_audio).items()
                       if v is not None}
-        preprocess["silence_threshold_db"] = silence_threshold_db
+        if silence_threshold_db is not _NOT_GIVEN:  # None is a value: no silence check
+            preprocess["silence_threshold_db"] = silence_threshold_db
         if mode is not None and mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if long_audio is not None and long_audio not in LONG_AUDIO_POLICIES:
@@ -121,7 +124,7 @@ class AudioCaptioningPipeline(ChunkPipeline):
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
         forward = dict(PRESETS[preset or "greedy"])
         forward.update(generate_kwargs or {})
-        direct = _generation_arguments(kwargs, set(generate_kwargs or {}))
+        direct = _generation_arguments(kwargs)
         if max_new_tokens is not None:
             direct["max_new_tokens"] = max_new_tokens
         twice = sorted(set(direct) & set(generate_kwargs or {}))
@@ -165,7 +168,7 @@ class AudioCaptioningPipeline(ChunkPipeline):
             windows = [(0.0, length)]
         else:
             windows = source.windows(length, stride_length_s)
-        chunked = len(windows) > 1 or (long_audio == "chunks" and source.duration > length + 1e-6)
+        chunked = len(windows) > 1
         for (start, end), native, is_last in _read_windows(source, windows):
             samples = _pad_to_one_frame(to_mono_rate(native, source.sampling_rate, target_rate), target_rate)
             inputs = processor(text=text, audio=samples, images=image, sampling_rate=target_rate,
@@ -226,7 +229,7 @@ class AudioCaptioningPipeline(ChunkPipeline):
         return batch
 
 
-def _generation_arguments(kwargs: dict, also_known: set) -> dict:
+def _generation_arguments(kwargs: dict) -> dict:
     """The keyword arguments that `generate()` takes (the fields of `GenerationConfig`, or `generation_config`);
     anything else is a mistyped or unknown argument, an error rather than silently ignored."""
     from transformers import GenerationConfig
@@ -268,16 +271,12 @@ def _input_name(item, index: int, count: int) -> str:
 def _pad_to_one_frame(samples, rate: int):
     """Zero-pad audio shorter than one analysis frame to one frame, as the feature extractors pad short clips
     with zero frames: a 10 ms tail is still audio, and the encoders' filterbanks would give it no frame at all."""
-    import numpy as np
-
     shortest = math.ceil(FRAME_SECONDS * rate)
     return samples if len(samples) >= shortest else np.pad(samples, (0, shortest - len(samples)))
 
 
 def _is_silent(samples, threshold_db) -> bool:
     """Whether no sample is louder than `threshold_db` dBFS (None: never)."""
-    import numpy as np
-
     if threshold_db is None:
         return False
     return float(np.abs(samples).max()) <= 10.0 ** (threshold_db / 20.0)
