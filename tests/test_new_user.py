@@ -232,6 +232,9 @@ def test_silence_is_said_not_described(captioner):
     model_caption = captioner(np.zeros(RATE // 2, np.float32), sampling_rate=RATE, max_new_tokens=4,
                               silence_threshold_db=None)
     assert model_caption[0].keys() == {"caption"}
+    never = pipeline("audio-captioning", model=captioner.model, processor=captioner.processor,
+                     silence_threshold_db=None)  # set once, kept for every call
+    assert never(np.zeros(RATE // 2, np.float32), sampling_rate=RATE, max_new_tokens=4) == model_caption
     clip = np.concatenate([tone(1.0), np.zeros(RATE, np.float32)])
     chunks = captioner(clip, sampling_rate=RATE, max_new_tokens=4)[0]["chunks"]
     assert "silent" not in chunks[0] and chunks[1] == {"caption": "silence", "silent": True, "timestamp": (1.0, 2.0)}
