@@ -13,8 +13,8 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["AudioInputError", "AudioSource", "TruncatedAudioError", "check_sampling_rate", "pcm_to_float",
-           "to_mono_rate"]
+__all__ = ["AudioInputError", "AudioSource", "TruncatedAudioError", "as_array", "check_sampling_rate",
+           "pcm_to_float", "to_mono_rate"]
 
 
 class AudioInputError(ValueError):
@@ -50,8 +50,7 @@ class AudioSource:
         if isinstance(source, (np.ndarray, torch.Tensor, list)):
             if sampling_rate is None:
                 raise AudioInputError(f"{self.name}: raw samples need their sampling_rate (e.g. sampling_rate=16000)")
-            array = np.asarray(source.cpu() if isinstance(source, torch.Tensor) else source)
-            self._array = _as_channels_first(pcm_to_float(array, self.name), self.name)
+            self._array = _as_channels_first(pcm_to_float(as_array(source), self.name), self.name)
             self.sampling_rate = check_sampling_rate(sampling_rate, self.name)
         elif isinstance(source, (str, os.PathLike, bytes, bytearray)):
             self._open_encoded(source)
@@ -155,19 +154,31 @@ def check_sampling_rate(sampling_rate, name: str = "audio input") -> int:
     return int(sampling_rate)
 
 
+PCM_TYPES = (np.uint8, np.int8, np.int16, np.int32)
+
+
 def pcm_to_float(array: np.ndarray, name: str = "audio input") -> np.ndarray:
     """Samples as float32 in [-1, 1]: integer PCM scaled as soundfile reads files (int16 / 32768, int32 / 2**31,
-    uint8 offset by 128), floats as they are."""
+    8-bit unsigned centred on 128), floats as they are; other integer types are an error."""
     if array.dtype.kind == "f":
         return array.astype(np.float32, copy=False)
-    if array.dtype.kind in "iu":
-        info = np.iinfo(array.dtype)
-        offset = 0 if info.min < 0 else (int(info.max) + 1) // 2  # unsigned PCM is centred on half its range
-        scale = float(max(-int(info.min), offset))
-        return ((array.astype(np.float64) - offset) / scale).astype(np.float32)
-    if array.dtype.kind == "b":
-        raise AudioInputError(f"{name}: boolean samples are not audio: pass float samples in [-1, 1] or integer PCM")
-    return np.asarray(array, dtype=np.float32)
+    if array.dtype.type not in PCM_TYPES:
+        raise AudioInputError(f"{name} has {array.dtype} samples: pass float samples in [-1, 1] or integer PCM "
+                              "(int16, int32, int8 or uint8)")
+    info = np.iinfo(array.dtype)
+    offset = 0 if info.min < 0 else (int(info.max) + 1) // 2  # unsigned PCM is centred on half its range
+    scale = float(max(-int(info.min), offset))
+    return ((array.astype(np.float64) - offset) / scale).astype(np.float32)
+
+
+def as_array(samples) -> np.ndarray:
+    """A numpy view of samples: tensors as their dtype (half and bfloat16 as float32), lists as float32."""
+    if isinstance(samples, torch.Tensor):
+        samples = samples.detach().cpu()
+        return (samples.float() if samples.is_floating_point() else samples).numpy()
+    if isinstance(samples, np.ndarray):
+        return samples
+    return np.asarray(samples, dtype=np.float32)
 
 
 def _why_undecodable(encoded) -> str:

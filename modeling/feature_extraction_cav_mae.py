@@ -7,7 +7,7 @@ import torch
 import torchaudio
 from transformers import BatchFeature, SequenceFeatureExtractor
 
-from .audio_decoding import pcm_to_float
+from .audio_decoding import as_array, pcm_to_float
 
 __all__ = ["CavMaeFeatureExtractor"]
 
@@ -108,7 +108,7 @@ class CavMaeFeatureExtractor(SequenceFeatureExtractor):
         )
 
     def _extract(self, clip, sampling_rate: int, index: int) -> tuple[np.ndarray, np.ndarray]:
-        array = clip.detach().cpu().numpy() if isinstance(clip, torch.Tensor) else np.asarray(clip)
+        array = as_array(clip)
         if array.size == 0:
             raise ValueError(f"Audio clip {index} is empty: there is nothing to compute features from.")
         waveform = torch.from_numpy(pcm_to_float(array, f"Audio clip {index}"))

@@ -169,6 +169,8 @@ def test_integer_pcm_is_read_as_soundfile_reads_it(captioner, tmp_path):
     assert np.array_equal(features[0].numpy(), features[1].numpy())
     assert captioner(pcm, sampling_rate=RATE, max_new_tokens=4) == captioner(as_read, sampling_rate=RATE,
                                                                             max_new_tokens=4)
+    with pytest.raises(AudioInputError, match="int64 samples: pass float samples"):  # no PCM format is 64-bit
+        captioner(pcm.astype(np.int64), sampling_rate=RATE)
     unsigned = (pcm // 256 + 128).astype(np.uint8)  # 8-bit wav is unsigned, centred on 128
     expected = ((unsigned.astype(np.float64) - 128) / 128).astype(np.float32)
     features = [next(captioner.preprocess(CaptionRequest(audio=audio), sampling_rate=RATE))["input_features"]
