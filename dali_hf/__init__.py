@@ -2,39 +2,48 @@
 
 Importing the package registers `llava_audio` with the Auto classes, so `AutoConfig`, `AutoModel`,
 `AutoModelForImageTextToText` and `AutoProcessor` load DALI checkpoints without `trust_remote_code`.
+The public names below are imported on first use.
 """
 
-from ._registration import register
-from .convert import convert_official
-from .modeling import (
-    CHAT_TEMPLATE,
-    DEFAULT_PROMPT,
-    CavMaeAudioConfig,
-    CavMaeAudioModel,
-    CavMaeFeatureExtractor,
-    LlavaAudioConfig,
-    LlavaAudioForConditionalGeneration,
-    LlavaAudioModel,
-    LlavaAudioPreTrainedModel,
-    LlavaAudioProcessor,
-    audio_token_count,
-)
-
-register()
+import importlib
+import os
+import sys
 
 __version__ = "0.1.0"
-__all__ = [
-    "CHAT_TEMPLATE",
-    "DEFAULT_PROMPT",
-    "CavMaeAudioConfig",
-    "CavMaeAudioModel",
-    "CavMaeFeatureExtractor",
-    "LlavaAudioConfig",
-    "LlavaAudioForConditionalGeneration",
-    "LlavaAudioModel",
-    "LlavaAudioPreTrainedModel",
-    "LlavaAudioProcessor",
-    "audio_token_count",
-    "convert_official",
-    "register",
-]
+
+_PUBLIC = {
+    "CHAT_TEMPLATE": ".modeling",
+    "DEFAULT_PROMPT": ".modeling",
+    "CavMaeAudioConfig": ".modeling",
+    "CavMaeAudioModel": ".modeling",
+    "CavMaeFeatureExtractor": ".modeling",
+    "LlavaAudioConfig": ".modeling",
+    "LlavaAudioForConditionalGeneration": ".modeling",
+    "LlavaAudioModel": ".modeling",
+    "LlavaAudioPreTrainedModel": ".modeling",
+    "LlavaAudioProcessor": ".modeling",
+    "audio_token_count": ".modeling",
+    "convert_official": ".convert",
+    "register": "._registration",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))
+
+
+# The `dali-hf` command registers the classes itself once its arguments are parsed, so that `--help` and argument
+# errors answer without importing torch and transformers; anywhere else, importing the package registers them.
+if os.path.basename(getattr(sys, "argv", None) and sys.argv[0] or "") != "dali-hf":
+    from ._registration import register
+
+    register()

@@ -14,12 +14,13 @@ MEDIA_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".
                     ".mov", ".m4v")
 
 
-def find_media(paths: list[str]) -> list[str]:
-    """Files as given, and the audio/video files found (recursively, sorted) under the folders given."""
+def find_media(paths: list[str], extensions: tuple[str, ...] = MEDIA_EXTENSIONS) -> list[str]:
+    """Files as given, and the files with one of `extensions` (audio and video by default) found (recursively,
+    sorted) under the folders given."""
     found = []
     for path in paths:
         if os.path.isdir(path):
-            found += sorted(str(p) for p in Path(path).rglob("*") if p.suffix.lower() in MEDIA_EXTENSIONS)
+            found += sorted(str(p) for p in Path(path).rglob("*") if p.suffix.lower() in extensions)
         else:
             found.append(path)
     return found
@@ -28,8 +29,9 @@ def find_media(paths: list[str]) -> list[str]:
 def caption_files(captioner, files: list, output: str, batch_size: int = 1, progress: bool = True,
                   names: list[str] | None = None, **call_kwargs) -> dict:
     """Caption `files` (paths, or any pipeline input) in batches, writing one json line per input to `output`:
-    {"file", "caption"} (and "segments" with timestamps for long audio) or {"file", "error"}; "file" is the path,
-    or `names[i]` when given. Returns {"captioned": n, "failed": [...]}."""
+    {"file", "caption"} (with "silent": true for silence), {"file", "chunks": [{"caption", "timestamp"}, ...]} for
+    audio longer than the encoder's window (one caption per window), or {"file", "error"}; "file" is the path, or
+    `names[i]` when given. Returns {"captioned": n, "failed": [...]}."""
     names = [str(f) for f in files] if names is None else list(names)
     failed, captioned = [], 0
     with open(output, "w", encoding="utf-8") as handle, tqdm(total=len(files), disable=not progress,
@@ -45,15 +47,19 @@ def caption_files(captioner, files: list, output: str, batch_size: int = 1, prog
                     row = {"file": names[index], "error": f"{type(result).__name__}: {result}"}
                     failed.append(row)
                 else:
-                    row = {"file": names[index], "caption": " ".join(r["caption"] for r in result)}
-                    if "timestamp" in result[0]:
-                        row["segments"] = [{"timestamp": list(r["timestamp"]), "caption": r["caption"]}
-                                           for r in result]
+                    row = {"file": names[index], **_row(result[0])}
                     captioned += 1
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
                 handle.flush()
             bar.update(len(group))
     return {"captioned": captioned, "failed": failed}
+
+
+def _row(result: dict) -> dict:
+    """A pipeline result as json: timestamps as lists."""
+    if "chunks" in result:
+        return {"chunks": [{**chunk, "timestamp": list(chunk["timestamp"])} for chunk in result["chunks"]]}
+    return dict(result)
 
 
 def _caption_or_error(captioner, item, call_kwargs):

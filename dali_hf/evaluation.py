@@ -16,7 +16,13 @@ import datasets
 
 from .captioning import MEDIA_EXTENSIONS
 
-__all__ = ["read_audiocaps", "read_clotho", "read_hf_dataset", "evaluate_captioner"]
+__all__ = ["LONG_CLIP_POLICIES", "read_audiocaps", "read_clotho", "read_hf_dataset", "evaluate_captioner",
+           "metrics_to_compute"]
+
+# How a clip longer than the audio encoder's window is captioned for scoring. "first_window" (default): one caption
+# of its first window, as the paper's evaluation does (clips are cut to the encoder's 10.24 s input). "joined_chunks":
+# every window captioned, the captions joined with spaces into one.
+LONG_CLIP_POLICIES = ("first_window", "joined_chunks")
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +31,9 @@ def read_audiocaps(csv_path: str, audio_dir: str, filename: str | None = None) -
     """AudioCaps csv (`audiocap_id, youtube_id, start_time, caption`; 5 rows per test clip), grouped by clip.
 
     `filename`: how audio files are named, with `{youtube_id}`, `{start_time}` and `{audiocap_id}` fields (e.g.
-    "{youtube_id}_{start_time}.wav"); by default the first file in `audio_dir` whose name starts with the YouTube id
-    (or "Y" + id, as AudioSet downloads name them).
+    "{youtube_id}_{start_time}.wav"). By default a file of `audio_dir` named after the clip: `{youtube_id}` (or
+    "Y" + id, as AudioSet downloads name them), optionally followed by `_{start}` or `_{start}_{end}` in seconds;
+    a file with a start time matches only the clip that starts there, and the id must match whole.
     """
     clips: OrderedDict[tuple[str, str], dict] = OrderedDict()
     with open(csv_path, newline="", encoding="utf-8") as handle:
@@ -45,7 +52,7 @@ def read_audiocaps(csv_path: str, audio_dir: str, filename: str | None = None) -
                                                            audiocap_id=clip["audiocap_id"]))
             path = path if os.path.isfile(path) else None
         else:
-            path = index.get(youtube_id) or index.get("Y" + youtube_id)
+            path = _find_clip(index, youtube_id, start_time)
         if path is None:
             missing.append({"id": clip_id, "reason": f"no audio file for YouTube id {youtube_id} in {audio_dir}"})
             continue
@@ -98,12 +105,44 @@ def read_hf_dataset(dataset: datasets.Dataset, audio_column: str = "audio", capt
     return _dataset(rows, missing, "the dataset")
 
 
+def metrics_to_compute(metrics=None, corenlp_dir: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """(metrics to compute, {metric left out: why}), checked before any clip is captioned: unknown names, and
+    SPICE / SPIDEr asked for without Stanford CoreNLP, are errors; by default every metric that can run here."""
+    from .metrics import ALL_METRICS, SpiceUnavailableError, spice_available
+
+    needs_corenlp = ("spice", "spider")
+    if metrics is None:
+        if spice_available(corenlp_dir):
+            return list(ALL_METRICS), {}
+        reason = ("Stanford CoreNLP 3.6.0 not found (SPICE needs it; SPIDEr is the mean of CIDEr-D and SPICE): "
+                  "point DALI_CORENLP_DIR at its jars")
+        return [m for m in ALL_METRICS if m not in needs_corenlp], {m: reason for m in needs_corenlp}
+    wanted = [metrics] if isinstance(metrics, str) else list(metrics)
+    unknown = sorted(set(wanted) - set(ALL_METRICS))
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}: choose from {list(ALL_METRICS)}")
+    asked = sorted(set(wanted) & set(needs_corenlp))
+    if asked and not spice_available(corenlp_dir):
+        raise SpiceUnavailableError(
+            f"cannot compute {asked}: SPICE needs Stanford CoreNLP 3.6.0, which no package registry ships. Download "
+            "stanford-corenlp-full-2015-12-09.zip from the Stanford NLP site, unzip it, and point DALI_CORENLP_DIR at "
+            "the folder holding its jars; or leave --metrics out to compute every other metric")
+    return wanted, {}
+
+
 def evaluate_captioner(model, data: datasets.Dataset, output_dir: str, mode: str = "audio", batch_size: int = 8,
                        max_new_tokens: int = 64, metrics=None, dataset_name: str = "custom", split: str = "test",
-                       model_name: str | None = None, missing: list[dict] | None = None) -> dict:
+                       model_name: str | None = None, missing: list[dict] | None = None,
+                       long_clips: str = "first_window") -> dict:
     """Caption every clip of `data` (greedy: reproducible), score against the references, and write
     `captions.jsonl`, `scores.json` and `model_index.json` (a model-index block for a model card) to
-    `output_dir`. Returns the scores."""
+    `output_dir`. Returns the scores.
+
+    One caption per clip: `long_clips` says how a clip longer than the audio encoder's window is captioned (see
+    `LONG_CLIP_POLICIES`; by default from its first window, as the paper scores AudioCaps and Clotho). Silence is
+    not detected here (the model's own caption is scored, as in the paper). Metric names and the availability of
+    SPICE are checked before any clip is captioned; `scores.json` lists the metrics left out and why.
+    """
     from huggingface_hub import EvalResult
     from huggingface_hub.repocard_data import eval_results_to_model_index
     from transformers import pipeline
@@ -111,12 +150,16 @@ def evaluate_captioner(model, data: datasets.Dataset, output_dir: str, mode: str
     from .captioning import caption_files
     from .metrics import score
 
+    if long_clips not in LONG_CLIP_POLICIES:
+        raise ValueError(f"long_clips must be one of {LONG_CLIP_POLICIES}, got {long_clips!r}")
+    wanted, not_computed = metrics_to_compute(metrics)
     os.makedirs(output_dir, exist_ok=True)
     captioner = pipeline("audio-captioning", model=model) if isinstance(model, str) else model
     raw = os.path.join(output_dir, "captions.raw.jsonl")
     summary = caption_files(captioner, list(data["audio"]), raw, batch_size=batch_size, names=list(data["id"]),
-                            mode=mode, max_new_tokens=max_new_tokens)
-    rows = [json.loads(line) for line in Path(raw).read_text(encoding="utf-8").splitlines()]
+                            mode=mode, max_new_tokens=max_new_tokens, silence_threshold_db=None,
+                            long_audio="first_window" if long_clips == "first_window" else "chunks")
+    rows = [_one_caption(json.loads(line)) for line in Path(raw).read_text(encoding="utf-8").splitlines()]
     os.remove(raw)
     scored, failed = [], list(missing or []) + summary["failed"]
     with open(os.path.join(output_dir, "captions.jsonl"), "w", encoding="utf-8") as handle:
@@ -127,8 +170,9 @@ def evaluate_captioner(model, data: datasets.Dataset, output_dir: str, mode: str
                 scored.append((row["caption"], references))
     if not scored:
         raise RuntimeError(f"no clip could be captioned; see {output_dir}/captions.jsonl")
-    results = score([c for c, _ in scored], [r for _, r in scored], metrics)
-    report = {"scores": results, "clips_scored": len(scored), "clips_failed": failed, "mode": mode,
+    results = score([c for c, _ in scored], [r for _, r in scored], wanted)
+    report = {"scores": results, "not_computed": not_computed, "clips_scored": len(scored), "clips_failed": failed,
+              "mode": mode, "long_clips": long_clips,
               "decoding": {"do_sample": False, "max_new_tokens": max_new_tokens}}
     Path(output_dir, "scores.json").write_text(json.dumps(report, indent=2))
     eval_results = [
@@ -141,23 +185,52 @@ def evaluate_captioner(model, data: datasets.Dataset, output_dir: str, mode: str
     Path(output_dir, "model_index.json").write_text(json.dumps(model_index, indent=2))
     if failed:
         logger.warning("%d clips could not be captioned or had no audio; listed in scores.json", len(failed))
+    for name, why in not_computed.items():
+        logger.warning("%s not computed: %s", name, why)
     return results
 
 
-def _index_audio_dir(audio_dir: str) -> dict[str, str]:
-    """{file-name prefix up to the first "_" or "." : path} of the media files in `audio_dir`."""
+def _one_caption(row: dict) -> dict:
+    """A captioned clip's row with one caption: a long clip's window captions joined (the `joined_chunks`
+    policy), the windows kept beside it."""
+    if "chunks" in row:
+        return {**row, "caption": " ".join(chunk["caption"] for chunk in row["chunks"])}
+    return row
+
+
+def _index_audio_dir(audio_dir: str) -> dict[tuple[str, float | None], str]:
+    """{(name, start seconds or None): path} of the media files in `audio_dir`: "ID.wav" gives (ID, None),
+    "ID_30.wav" and "ID_30.000_40.000.wav" give (ID, 30.0) too. YouTube ids contain "_" and "-", so every split of
+    the name into an id and one or two trailing numbers is indexed; lookups are by whole id."""
     if not os.path.isdir(audio_dir):
         raise FileNotFoundError(f"audio folder not found: {audio_dir}")
     index = {}
     for path in sorted(Path(audio_dir).iterdir()):
-        if path.suffix.lower() in MEDIA_EXTENSIONS:
-            index.setdefault(path.stem, str(path))
-            # YouTube ids contain "_": also index every prefix ending before a "_" + start time
-            stem = path.stem
-            while "_" in stem:
-                stem = stem.rsplit("_", 1)[0]
-                index.setdefault(stem, str(path))
+        if path.suffix.lower() not in MEDIA_EXTENSIONS:
+            continue
+        index.setdefault((path.stem, None), str(path))
+        parts = path.stem.split("_")
+        for split in range(max(1, len(parts) - 2), len(parts)):
+            numbers = [_seconds(part) for part in parts[split:]]
+            if all(n is not None for n in numbers):
+                index.setdefault(("_".join(parts[:split]), numbers[0]), str(path))
     return index
+
+
+def _find_clip(index: dict, youtube_id: str, start_time: str) -> str | None:
+    start = _seconds(start_time)
+    for name in (youtube_id, "Y" + youtube_id):
+        path = index.get((name, start)) or index.get((name, None))
+        if path:
+            return path
+    return None
+
+
+def _seconds(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _require_columns(found, needed, path) -> None:

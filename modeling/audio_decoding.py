@@ -13,11 +13,20 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["AudioInputError", "AudioSource", "to_mono_rate"]
+__all__ = ["AudioInputError", "AudioSource", "TruncatedAudioError", "as_array", "check_sampling_rate",
+           "pcm_to_float", "to_mono_rate"]
 
 
 class AudioInputError(ValueError):
     """An audio input that cannot be used as it is; the message names the input and the fix."""
+
+
+class TruncatedAudioError(AudioInputError):
+    """A file that decoded up to `decoded_seconds`, then failed (truncated or corrupt after that point)."""
+
+    def __init__(self, message: str, decoded_seconds: float):
+        super().__init__(message)
+        self.decoded_seconds = decoded_seconds
 
 
 class AudioSource:
@@ -41,14 +50,13 @@ class AudioSource:
         if isinstance(source, (np.ndarray, torch.Tensor, list)):
             if sampling_rate is None:
                 raise AudioInputError(f"{self.name}: raw samples need their sampling_rate (e.g. sampling_rate=16000)")
-            self._array = _as_channels_first(np.asarray(source.cpu() if isinstance(source, torch.Tensor) else source,
-                                                        dtype=np.float32), self.name)
-            self.sampling_rate = int(sampling_rate)
+            self._array = _as_channels_first(pcm_to_float(as_array(source), self.name), self.name)
+            self.sampling_rate = check_sampling_rate(sampling_rate, self.name)
         elif isinstance(source, (str, os.PathLike, bytes, bytearray)):
             self._open_encoded(source)
         elif type(source).__name__ == "AudioDecoder":  # a torchcodec decoder the user opened
             self._decoder = source
-            self.sampling_rate = int(source.metadata.sample_rate)
+            self.sampling_rate = check_sampling_rate(source.metadata.sample_rate, self.name)
         else:
             raise AudioInputError(
                 f"unsupported audio input of type {type(source).__name__}: pass a file path, bytes, a numpy array or "
@@ -70,13 +78,14 @@ class AudioSource:
             return
         except Exception:  # not a libsndfile format: let FFmpeg try (mp3, aac, video containers)
             pass
-        try:
-            from torchcodec.decoders import AudioDecoder
+        from torchcodec.decoders import AudioDecoder
 
-            self._decoder = AudioDecoder(bytes(source) if isinstance(source, bytearray) else source)
-            self.sampling_rate = int(self._decoder.metadata.sample_rate)
+        encoded = bytes(source) if isinstance(source, bytearray) else source
+        try:
+            self._decoder = AudioDecoder(encoded)
         except Exception as error:
-            raise AudioInputError(f"cannot decode audio from {self.name}: {error}") from error
+            raise AudioInputError(f"cannot decode audio from {self.name}: {_why_undecodable(encoded)}") from error
+        self.sampling_rate = int(self._decoder.metadata.sample_rate)
 
     def _duration(self) -> float:
         if self._array is not None:
@@ -92,22 +101,28 @@ class AudioSource:
         """Samples [channels, time] float32 at the native rate between `start` and `end` seconds; checked."""
         end = self.duration if end is None else min(end, self.duration)
         first, last = int(round(start * self.sampling_rate)), int(round(end * self.sampling_rate))
-        if self._array is not None:
-            samples = self._array[:, first:last]
-        elif self._file is not None:
-            self._file.seek(first)
-            samples = self._file.read(last - first, dtype="float32", always_2d=True).T
-        else:
-            try:
+        try:
+            if self._array is not None:
+                samples = self._array[:, first:last]
+            elif self._file is not None:
+                self._file.seek(min(first, self._file.frames))
+                samples = self._file.read(last - first, dtype="float32", always_2d=True).T
+            else:
                 samples = self._decoder.get_samples_played_in_range(start, end).data.numpy()
-            except Exception as error:
-                raise AudioInputError(f"cannot decode audio from {self.name} at {start:.2f}-{end:.2f} s: {error}") \
-                    from error
+        except Exception as error:
+            raise self._truncated(start, end) from error
         if samples.size == 0:
+            if start > 0:
+                raise self._truncated(start, end)
             raise AudioInputError(f"{self.name} is empty (zero samples)")
         if not np.isfinite(samples).all():
             raise AudioInputError(f"{self.name} contains NaN or infinite samples (near {start:.2f} s)")
         return samples.astype(np.float32, copy=False)
+
+    def _truncated(self, start: float, end: float) -> TruncatedAudioError:
+        return TruncatedAudioError(
+            f"{self.name}: decoded {start:.2f} s of the {self.duration:.2f} s its header announces, then failed at "
+            f"{start:.2f}-{end:.2f} s: the file is truncated or corrupt after that point", decoded_seconds=start)
 
     def windows(self, length: float, stride: float = 0.0):
         """(start, end) in seconds of windows `length` long, each overlapping the previous one by `stride`."""
@@ -125,6 +140,56 @@ def to_mono_rate(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray
 
         mono = audio_functional.resample(torch.from_numpy(np.ascontiguousarray(mono)), rate, target_rate).numpy()
     return mono.astype(np.float32, copy=False)
+
+
+def check_sampling_rate(sampling_rate, name: str = "audio input") -> int:
+    """`sampling_rate` as a positive whole number of Hz, or an error naming the input."""
+    try:
+        valid = float(sampling_rate) > 0 and float(sampling_rate) == int(sampling_rate)
+    except (TypeError, ValueError, OverflowError):
+        valid = False
+    if not valid:
+        raise AudioInputError(f"{name}: sampling_rate must be a positive whole number of Hz (e.g. 16000), got "
+                              f"{sampling_rate!r}")
+    return int(sampling_rate)
+
+
+PCM_TYPES = (np.uint8, np.int8, np.int16, np.int32)
+
+
+def pcm_to_float(array: np.ndarray, name: str = "audio input") -> np.ndarray:
+    """Samples as float32 in [-1, 1]: integer PCM scaled as soundfile reads files (int16 / 32768, int32 / 2**31,
+    8-bit unsigned centred on 128), floats as they are; other integer types are an error."""
+    if array.dtype.kind == "f":
+        return array.astype(np.float32, copy=False)
+    if array.dtype.type not in PCM_TYPES:
+        raise AudioInputError(f"{name} has {array.dtype} samples: pass float samples in [-1, 1] or integer PCM "
+                              "(int16, int32, int8 or uint8)")
+    info = np.iinfo(array.dtype)
+    offset = 0 if info.min < 0 else (int(info.max) + 1) // 2  # unsigned PCM is centred on half its range
+    scale = float(max(-int(info.min), offset))
+    return ((array.astype(np.float64) - offset) / scale).astype(np.float32)
+
+
+def as_array(samples) -> np.ndarray:
+    """A numpy view of samples: tensors as their dtype (half and bfloat16 as float32), lists as float32."""
+    if isinstance(samples, torch.Tensor):
+        samples = samples.detach().cpu()
+        return (samples.float() if samples.is_floating_point() else samples).numpy()
+    if isinstance(samples, np.ndarray):
+        return samples
+    return np.asarray(samples, dtype=np.float32)
+
+
+def _why_undecodable(encoded) -> str:
+    """Why FFmpeg could not open an audio stream: a media file without one, or not a media file at all."""
+    from torchcodec.decoders import VideoDecoder
+
+    try:
+        VideoDecoder(encoded)
+    except Exception:
+        return "not an audio or video file that FFmpeg can read (unknown format, or a corrupt file)"
+    return "the file has no audio stream (a video without sound?)"
 
 
 def _as_channels_first(array: np.ndarray, name: str) -> np.ndarray:

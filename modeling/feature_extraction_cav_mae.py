@@ -7,6 +7,8 @@ import torch
 import torchaudio
 from transformers import BatchFeature, SequenceFeatureExtractor
 
+from .audio_decoding import as_array, pcm_to_float
+
 __all__ = ["CavMaeFeatureExtractor"]
 
 MAX_CHANNELS = 8  # the short axis of a 2-D clip is its channel axis when it is at most this long
@@ -22,7 +24,9 @@ class CavMaeFeatureExtractor(SequenceFeatureExtractor):
     normalisation.
 
     Input clips may be mono or multichannel and at any sampling rate: multichannel clips are averaged over
-    channels, then resampled to `sampling_rate` with `torchaudio.functional.resample`.
+    channels, then resampled to `sampling_rate` with `torchaudio.functional.resample`. Integer PCM is scaled to
+    [-1, 1] as soundfile reads files (int16 / 32768, ...). A clip shorter than one 25 ms window is zero-padded to
+    one window (one frame).
 
     Args:
         num_mel_bins (`int`, *optional*, defaults to 128):
@@ -104,14 +108,10 @@ class CavMaeFeatureExtractor(SequenceFeatureExtractor):
         )
 
     def _extract(self, clip, sampling_rate: int, index: int) -> tuple[np.ndarray, np.ndarray]:
-        waveform = clip.detach().cpu() if isinstance(clip, torch.Tensor) else torch.tensor(np.asarray(clip))
-        if waveform.numel() == 0:
+        array = as_array(clip)
+        if array.size == 0:
             raise ValueError(f"Audio clip {index} is empty: there is nothing to compute features from.")
-        if not waveform.is_floating_point():
-            raise ValueError(
-                f"Audio clip {index} has {waveform.dtype} samples: pass float samples in [-1, 1] (e.g. int16 "
-                "samples divided by 32768)."
-            )
+        waveform = torch.from_numpy(pcm_to_float(array, f"Audio clip {index}"))
         if not torch.isfinite(waveform).all():
             raise ValueError(
                 f"Audio clip {index} holds non-finite samples (NaN or inf): decode or clean the audio first."
@@ -119,14 +119,12 @@ class CavMaeFeatureExtractor(SequenceFeatureExtractor):
         waveform = _downmix(waveform.to(torch.float32), index)
         if sampling_rate != self.sampling_rate:
             waveform = torchaudio.functional.resample(waveform, sampling_rate, self.sampling_rate)
+        # a clip shorter than one analysis window gives no frame: zero-pad it to one (after mean removal), as
+        # the frames missing from any short clip are zeros
         window = int(WINDOW_SECONDS * self.sampling_rate)
-        if waveform.numel() < window:
-            raise ValueError(
-                f"Audio clip {index} lasts {waveform.numel() / self.sampling_rate * 1000:.1f} ms, shorter "
-                f"than one {WINDOW_SECONDS * 1000:.0f} ms analysis window: it gives no filterbank frame."
-            )
+        centred = torch.nn.functional.pad(waveform - waveform.mean(), (0, max(0, window - waveform.numel())))
         fbank = torchaudio.compliance.kaldi.fbank(
-            (waveform - waveform.mean()).unsqueeze(0),
+            centred.unsqueeze(0),
             htk_compat=True,
             sample_frequency=self.sampling_rate,
             use_energy=False,

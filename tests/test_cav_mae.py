@@ -438,12 +438,8 @@ def test_feature_extractor_errors_and_round_trip(tmp_path):
         extractor([clip, np.zeros(0, np.float32)], sampling_rate=16000)
     with pytest.raises(ValueError, match="clip 0 holds non-finite samples"):
         extractor(np.where(np.arange(clip.size) == 7, np.nan, clip), sampling_rate=16000)
-    with pytest.raises(ValueError, match="shorter than one 25 ms analysis window"):
-        extractor(clip[:300], sampling_rate=16000)
     with pytest.raises(ValueError, match="Pass a batch as a list"):
         extractor(np.stack([clip] * 16), sampling_rate=16000)
-    with pytest.raises(ValueError, match="float samples"):
-        extractor((clip * 32767).astype(np.int16), sampling_rate=16000)
 
     extractor.save_pretrained(tmp_path)
     loaded = AutoFeatureExtractor.from_pretrained(tmp_path)
@@ -519,3 +515,25 @@ def test_captioner_generates_saves_and_loads_as_remote_code(cav_captioner, tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
     assert "CavMaeAudioModel CavMaeFeatureExtractor" in result.stdout
     assert torch.equal(torch.load(out), expected)
+
+
+def test_short_clips_are_padded_to_one_frame_and_integer_pcm_is_scaled(tmp_path):
+    """A clip shorter than one 25 ms window gives one frame (its mean-removed samples zero-padded to 400), and int16
+    samples give the features of the same audio read back by soundfile as float."""
+    import soundfile
+
+    extractor = CavMaeFeatureExtractor(num_mel_bins=32, target_length=64)
+    short = random_clip(3, seconds=0.5)[:160]  # 10 ms, as the tail of a 10.25 s file
+    out = extractor(short, sampling_rate=16000, return_tensors="np")
+    padded = np.pad(short - short.mean(), (0, 240))
+    reference = torchaudio.compliance.kaldi.fbank(
+        torch.from_numpy(padded)[None], htk_compat=True, sample_frequency=16000, use_energy=False,
+        window_type="hanning", num_mel_bins=32, dither=0.0, frame_shift=10)
+    assert out["input_features_mask"][0].sum() == 1
+    np.testing.assert_allclose(out["input_features"][0, 0], ((reference[0] + 5.081) / 4.4849).numpy(), atol=1e-5)
+
+    pcm = (random_clip(4, seconds=0.5) * 20000).astype(np.int16)
+    soundfile.write(tmp_path / "pcm.wav", pcm, 16000, subtype="PCM_16")
+    as_read = soundfile.read(tmp_path / "pcm.wav", dtype="float32")[0]
+    np.testing.assert_array_equal(extractor(pcm, sampling_rate=16000)["input_features"][0],
+                                  extractor(as_read, sampling_rate=16000)["input_features"][0])

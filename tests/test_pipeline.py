@@ -108,10 +108,10 @@ def test_resampling_and_downmix(captioner, rate):
 
 def test_windows_and_timestamps(captioner):
     clip = tone(seconds=2.5)
-    out = captioner(clip, sampling_rate=16000, **SETTINGS)
-    assert [o["timestamp"] for o in out] == [(0.0, 1.0), (1.0, 2.0), (2.0, 2.5)]
-    overlapping = captioner(clip, sampling_rate=16000, chunk_length_s=1.0, stride_length_s=0.5, **SETTINGS)
-    assert [o["timestamp"] for o in overlapping][:3] == [(0.0, 1.0), (0.5, 1.5), (1.0, 2.0)]
+    (out,) = captioner(clip, sampling_rate=16000, **SETTINGS)
+    assert [o["timestamp"] for o in out["chunks"]] == [(0.0, 1.0), (1.0, 2.0), (2.0, 2.5)]
+    (overlapping,) = captioner(clip, sampling_rate=16000, chunk_length_s=1.0, stride_length_s=0.5, **SETTINGS)
+    assert [o["timestamp"] for o in overlapping["chunks"]][:3] == [(0.0, 1.0), (0.5, 1.5), (1.0, 2.0)]
     with pytest.raises(ValueError, match="longer than the audio encoder's input"):
         captioner(clip, sampling_rate=16000, chunk_length_s=5.0)
 
@@ -163,7 +163,7 @@ LONG_RUN = textwrap.dedent(
     else:
         out = captioner(sys.argv[2], max_new_tokens=1)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_mib": peak, "timestamps": [o.get("timestamp") for o in out]}))
+    print(json.dumps({"peak_mib": peak, "timestamps": [o.get("timestamp") for o in out[0].get("chunks", out)]}))
     """
 )
 
@@ -242,7 +242,7 @@ def test_caption_cli_reports_bad_files_and_goes_on(folder, tmp_path, capsys):
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert [os.path.basename(r["file"]) for r in rows] == ["broken.wav", "clip0.wav", "clip1.wav", "clip2.wav",
                                                            "long.flac"]
-    assert "cannot decode" in rows[0]["error"] and all("caption" in r for r in rows[1:])
-    assert [s["timestamp"] for s in rows[-1]["segments"]] == [[0.0, 1.0], [1.0, 2.0], [2.0, 2.2]]
+    assert "cannot decode" in rows[0]["error"] and all("caption" in r for r in rows[1:-1])
+    assert [s["timestamp"] for s in rows[-1]["chunks"]] == [[0.0, 1.0], [1.0, 2.0], [2.0, 2.2]]
     out = capsys.readouterr().out
     assert "4 of 5 files captioned" in out and "failed: " in out and "broken.wav" in out
