@@ -25,13 +25,15 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
-from transformers.utils import ModelOutput, is_torchdynamo_compiling, torch_compilable_check
+from transformers.utils import ModelOutput, is_torchdynamo_compiling, logging, torch_compilable_check
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import select_hidden_states
 
 from .configuration_llava_audio import LlavaAudioConfig
 from .modeling_cav_mae import CavMaeAudioModel
+
+logger = logging.get_logger(__name__)
 
 __all__ = [
     "LlavaAudioPreTrainedModel",
@@ -236,22 +238,19 @@ class LlavaAudioModel(LlavaAudioPreTrainedModel):
 
     def _place_prefix(self, input_ids, prompt_embeds, inputs_embeds):
         """The learned prefix written over every run of exactly `num_prefix_tokens` `<prefix>` placeholders (the
-        processor writes one such run per `<prefix>`). A lone `<prefix>` id stays a plain token, as LLaVA leaves
-        `<image>` ids alone when no image is given: decoding steps (one token at a time) and stray ids never receive
-        the prefix. A run of another length means processor and model disagree, and is an error. Tensor operations
-        only, so compiled decoding steps pass through without a Python branch."""
+        processor writes one such run per `<prefix>`). Any other `<prefix>` id stays a plain token, as LLaVA leaves
+        `<image>` ids alone when no image is given: decoding steps and generated ids never receive the prefix, even
+        when generating without a cache. Tensor operations only, so compiled decoding steps have no Python branch."""
         mask = self.get_placeholder_mask(input_ids, prompt_embeds, self.config.prefix_token_id)[..., 0]
         position = _position_in_run(mask)
         run_length = position + _position_in_run(mask.flip(-1)).flip(-1) - 1
         size = self.config.num_prefix_tokens
-        if not is_torchdynamo_compiling():
-            malformed = mask & (run_length > 1) & (run_length != size)
-            if malformed.any():
-                raise ValueError(
-                    f"The input has a run of {int(run_length[malformed].max())} <prefix> placeholders (id "
-                    f"{self.config.prefix_token_id}) but the model's prefix has num_prefix_tokens={size}. Build the "
-                    "inputs with the LlavaAudioProcessor saved with this model (its num_prefix_tokens must match)."
-                )
+        if not is_torchdynamo_compiling() and (mask & (run_length > 1) & (run_length != size)).any():
+            logger.warning_once(
+                f"A run of <prefix> placeholders (id {self.config.prefix_token_id}) is not {size} long "
+                "(num_prefix_tokens): it is read as plain tokens. Build prompts with the LlavaAudioProcessor saved "
+                "with this model, whose num_prefix_tokens is the model's."
+            )
         rows = self.prefix_embeddings.to(inputs_embeds.device, inputs_embeds.dtype)[(position - 1).clamp(0, size - 1)]
         return torch.where((mask & (run_length == size)).unsqueeze(-1), rows, inputs_embeds)
 
@@ -449,6 +448,7 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_outputs=outputs.image_outputs,
+            audio_outputs=outputs.audio_outputs,
             audio_hidden_states=outputs.audio_hidden_states,
         )
 
