@@ -46,6 +46,12 @@ class LlavaAudioProcessor(ProcessorMixin):
     `attention_mask`, `pixel_values`, `input_features` and `input_features_mask`. Prompts are padded on the left
     unless asked otherwise, as generation needs.
 
+    `apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt")` gives the same model-ready
+    inputs from a conversation, as audio-LLM processors do: content items `{"type": "image", "path"/"url"/"image"}`,
+    `{"type": "audio", "path"/"url"/"audio"}` (files are loaded and resampled to the feature extractor's rate),
+    `{"type": "prefix"}` and `{"type": "text", "text"}`. The template is saved with the processor
+    (`chat_template.jinja`).
+
     Args:
         image_processor: LLaVA's CLIP image processor.
         feature_extractor: the audio encoder's feature extractor.

@@ -288,3 +288,51 @@ def test_any_llava_image_only_identity_and_audio(vision, strategy, layer, text):
         embeds = model.get_input_embeddings()(audio_ids)
         assert torch.equal(model(inputs_embeds=embeds, pixel_values=pixels, input_features=audio).logits, out.logits)
     assert out.audio_hidden_states.shape == (1, model.config.audio_seq_length, 32)
+
+
+# ---- chat templates the audio-LLM way ------------------------------------------------------------------------------
+
+def test_apply_chat_template_loads_media_and_returns_model_inputs(parts, tmp_path):
+    import soundfile
+
+    from dali_hf import LlavaAudioProcessor
+
+    model, processor, _ = parts
+    clip, image = random_clip(5), random_image(5)
+    soundfile.write(tmp_path / "clip.wav", clip, 16000, subtype="FLOAT")  # lossless: the same samples come back
+    image.save(tmp_path / "image.png")
+    expected = processor(text=processor.caption_prompt(image=True, audio=True, prefix=True), images=image, audio=clip,
+                         sampling_rate=16000, return_tensors="pt")
+    processor.save_pretrained(tmp_path / "processor")
+    assert (tmp_path / "processor" / "chat_template.jinja").read_text() == processor.chat_template
+    reloaded = LlavaAudioProcessor.from_pretrained(tmp_path / "processor")
+
+    for audio_item, image_item in (({"path": str(tmp_path / "clip.wav")}, {"path": str(tmp_path / "image.png")}),
+                                   ({"audio": clip}, {"image": image})):
+        messages = [{"role": "user", "content": [
+            {"type": "image", **image_item}, {"type": "audio", **audio_item}, {"type": "prefix"},
+            {"type": "text", "text": processor.default_prompt}]}]
+        for proc in (processor, reloaded):
+            inputs = proc.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                              return_tensors="pt")
+            assert set(inputs) == set(expected)
+            for key in expected:
+                assert torch.equal(inputs[key], expected[key]), key
+    assert model.generate(**inputs, max_new_tokens=2).shape[1] == expected.input_ids.shape[1] + 2
+
+
+@pytest.mark.parametrize("task", ["any-to-any", "image-text-to-text"])
+def test_transformers_chat_pipelines_run_audio_content(parts, task):
+    from transformers import pipeline
+
+    model, processor, _ = parts
+    messages = [{"role": "user", "content": [{"type": "audio", "audio": random_clip(6)}, {"type": "prefix"},
+                                             {"type": "text", "text": processor.default_prompt}]}]
+    direct = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                           return_tensors="pt")
+    expected = model.generate(**direct, **GREEDY)[0].tolist()
+    without_audio = model.generate(**{k: v for k, v in direct.items() if k != "input_features"}, **GREEDY)[0].tolist()
+    assert expected != without_audio, "the audio should change this caption (else this test is void)"
+    chat = pipeline(task, model=model, processor=processor)
+    generated = chat(text=messages, generate_kwargs=GREEDY, return_tensors=True)[0]["generated_token_ids"]
+    assert list(map(int, generated)) == expected
