@@ -84,7 +84,7 @@ class LlavaAudioPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, LlavaAudioModel):
-            init.normal_(module.prefix_embeddings, mean=0.0, std=1e-4)  # METHOD.md: N(0, 1e-4)
+            init.normal_(module.prefix_embeddings, mean=0.0, std=1e-4)  # N(0, 1e-4), as in DALI
 
 
 class LlavaAudioModel(LlavaAudioPreTrainedModel):
@@ -112,7 +112,7 @@ class LlavaAudioModel(LlavaAudioPreTrainedModel):
 
     @torch.no_grad()
     def reset_audio_projector(self):
-        """Copy the image projector into the audio projector (its initialisation, METHOD.md section 5)."""
+        """Copy the image projector into the audio projector (how DALI initialises it before stage 2)."""
         self.audio_multi_modal_projector.load_state_dict(self.multi_modal_projector.state_dict())
 
     # ---- the two token spaces that DALI aligns -------------------------------------------------------------
@@ -338,7 +338,7 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
         self.model = LlavaAudioModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
-        suppress_placeholders(self.generation_config, config)
+        _suppress_placeholders(self.generation_config, config)
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
@@ -514,7 +514,7 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
         parts.multi_modal_projector = llava.model.multi_modal_projector
         parts.language_model = llava.model.language_model
         model.lm_head = llava.lm_head
-        model.generation_config = suppress_placeholders(copy.deepcopy(llava.generation_config), config)
+        model.generation_config = _suppress_placeholders(copy.deepcopy(llava.generation_config), config)
 
         device, dtype = llava.lm_head.weight.device, llava.lm_head.weight.dtype
         if encoder is None:
@@ -540,7 +540,7 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
         return model
 
 
-def suppress_placeholders(generation_config, config: LlavaAudioConfig):
+def _suppress_placeholders(generation_config, config: LlavaAudioConfig):
     """Never generate `<audio>` or `<prefix>`: a generated placeholder would be re-read as part of the prompt when
     generating without a cache. `<image>` is left to LLaVA's own generation config (image-only output stays
     LLaVA's). Returns `generation_config`, changed in place."""

@@ -14,7 +14,7 @@ PREFIX_TOKEN = "<prefix>"
 DEFAULT_PROMPT = "Describe the sound that can be heard in this scene."  # the reference code's prompt
 
 # LLaVA-1.5's `llava_v1` template as llava-hf writes it, with audio and prefix placeholders right after the image
-# (METHOD.md: "the prefix sits right after the modality tokens, before the prompt text"). Image-only prompts are
+# (in DALI the prefix sits right after the modality tokens, before the prompt text). Image-only prompts are
 # exactly LLaVA's: "USER: <image>\n{text} ASSISTANT:".
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
