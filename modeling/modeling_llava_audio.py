@@ -25,7 +25,14 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
-from transformers.utils import ModelOutput, is_torchdynamo_compiling, logging, torch_compilable_check
+from transformers.processing_utils import Unpack
+from transformers.utils import (
+    ModelOutput,
+    TransformersKwargs,
+    is_torchdynamo_compiling,
+    logging,
+    torch_compilable_check,
+)
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import select_hidden_states
@@ -269,7 +276,7 @@ class LlavaAudioModel(LlavaAudioPreTrainedModel):
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> LlavaAudioModelOutputWithPast:
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
@@ -409,7 +416,7 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> LlavaAudioCausalLMOutputWithPast | LlavaAudioTokensOutput:
         r"""Captioning forward pass. Without text (no `input_ids`, no `inputs_embeds`) the model instead encodes its
         inputs into the space DALI aligns and returns a [`LlavaAudioTokensOutput`]: this is how the alignment
