@@ -32,8 +32,8 @@ GREEDY = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)
 
 @pytest.fixture(scope="module")
 def parts():
-    """(captioner, processor, the plain LLaVA sharing its modules), built for this module only (tests here change
-    attention implementations and biases)."""
+    """(captioner, processor, the plain LLaVA sharing its modules), built for this module only (a test here switches
+    them to eager attention)."""
     return tiny_captioner("ast")
 
 
