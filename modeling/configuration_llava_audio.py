@@ -37,6 +37,8 @@ class LlavaAudioConfig(PreTrainedConfig):
     """
 
     model_type = "llava_audio"
+    # LLaVA's name for the image placeholder (llava-hf configs and LLaVA tooling read and write it)
+    attribute_map = {"image_token_index": "image_token_id"}
     sub_configs_defaults = {
         "vision_config": SubConfigSpec(
             config_class=AutoConfig,
@@ -74,7 +76,7 @@ class LlavaAudioConfig(PreTrainedConfig):
     training_stages: list[dict] | None = None
 
     def __post_init__(self, **kwargs):
-        # llava-hf configs spell the image token `image_token_index`
+        # llava-hf configs spell the image token `image_token_index` (also readable and settable, `attribute_map`)
         if "image_token_index" in kwargs:
             self.image_token_id = kwargs.pop("image_token_index")
         # CAV-MAE is this project's own encoder: its config is built here (remote code has no registration)

@@ -25,12 +25,22 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
-from transformers.utils import ModelOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import (
+    ModelOutput,
+    TransformersKwargs,
+    is_torchdynamo_compiling,
+    logging,
+    torch_compilable_check,
+)
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import select_hidden_states
 
 from .configuration_llava_audio import LlavaAudioConfig
 from .modeling_cav_mae import CavMaeAudioModel
+
+logger = logging.get_logger(__name__)
 
 __all__ = [
     "LlavaAudioPreTrainedModel",
@@ -74,11 +84,14 @@ class LlavaAudioPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # Decoding steps (one token, no media) run without data-dependent Python branches: a static cache and a
+    # fullgraph `torch.compile` of the forward work as for LLaVA.
+    _can_compile_fullgraph = True
 
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, LlavaAudioModel):
-            init.normal_(module.prefix_embeddings, mean=0.0, std=1e-4)  # METHOD.md: N(0, 1e-4)
+            init.normal_(module.prefix_embeddings, mean=0.0, std=1e-4)  # N(0, 1e-4), as in DALI
 
 
 class LlavaAudioModel(LlavaAudioPreTrainedModel):
@@ -106,7 +119,7 @@ class LlavaAudioModel(LlavaAudioPreTrainedModel):
 
     @torch.no_grad()
     def reset_audio_projector(self):
-        """Copy the image projector into the audio projector (its initialisation, METHOD.md section 5)."""
+        """Copy the image projector into the audio projector (how DALI initialises it before stage 2)."""
         self.audio_multi_modal_projector.load_state_dict(self.multi_modal_projector.state_dict())
 
     # ---- the two token spaces that DALI aligns -------------------------------------------------------------
@@ -123,33 +136,39 @@ class LlavaAudioModel(LlavaAudioPreTrainedModel):
         """The vision tower's tokens at `vision_feature_layer` (CLS dropped by the "default" strategy), before the
         projector: the alignment target. Shape [batch, image tokens, vision width]."""
         outputs = self.vision_tower(pixel_values, return_dict=True, **kwargs)
-        layers = [vision_feature_layer] if isinstance(vision_feature_layer, int) else vision_feature_layer
-        hidden = [outputs.hidden_states[i] for i in layers]
-        if vision_feature_select_strategy == "default":
-            hidden = [h[:, 1:] for h in hidden]
-        return hidden[0] if len(hidden) == 1 else torch.cat(hidden, dim=-1)
+        return _select_image_tokens(outputs, vision_feature_layer, vision_feature_select_strategy)
 
     def get_audio_tokens(
         self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The audio encoder's tokens mapped to the vision width (`audio_to_vision`), before any projector: the
         tokens that alignment trains. Shape [batch, audio tokens, vision width]."""
-        kwargs = {}
+        return self._to_vision_width(self._encode_audio(input_features, input_features_mask).last_hidden_state)
+
+    def _encode_audio(self, input_features, input_features_mask=None, **kwargs) -> ModelOutput:
+        """The audio tower's output. `kwargs` (`output_hidden_states`, `output_attentions`) go only to a tower whose
+        forward takes them: not every encoder reports attentions."""
+        parameters = inspect.signature(self.audio_tower.forward).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        kwargs = {k: v for k, v in kwargs.items() if v is not None and (takes_any or k in parameters)}
         if input_features_mask is not None and self._audio_mask_argument is not None:
             kwargs[self._audio_mask_argument] = input_features_mask
-        input_features = input_features.to(self.audio_tower.dtype)
-        hidden = self.audio_tower(input_features, return_dict=True, **kwargs).last_hidden_state
+        return self.audio_tower(input_features.to(self.audio_tower.dtype), return_dict=True, **kwargs)
+
+    def _to_vision_width(self, audio_hidden_states: torch.Tensor) -> torch.Tensor:
         # parts may differ in dtype (a trained part kept in float32 inside a bf16 model)
-        return self.audio_to_vision(hidden.to(self.audio_to_vision.weight.dtype))
+        return self.audio_to_vision(audio_hidden_states.to(self.audio_to_vision.weight.dtype))
 
     @property
     def _audio_mask_argument(self) -> str | None:
         parameters = inspect.signature(self.audio_tower.forward).parameters
         return next((n for n in ("input_features_mask", "attention_mask") if n in parameters), None)
 
-    # ---- features scattered into the language model's input -------------------------------------------------
+    # ---- features placed into the language model's input ---------------------------------------------------
 
+    @merge_with_config_defaults
     @can_return_tuple
+    @select_hidden_states("vision_feature_layer")
     def get_image_features(
         self,
         pixel_values: torch.Tensor,
@@ -157,55 +176,93 @@ class LlavaAudioModel(LlavaAudioPreTrainedModel):
         vision_feature_select_strategy: str | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
-        """LLaVA's image features: image tokens through `multi_modal_projector`, one tensor per image."""
-        kwargs.pop("return_dict", None)
-        tokens = self.get_image_tokens(
-            pixel_values,
-            vision_feature_layer=vision_feature_layer,
-            vision_feature_select_strategy=vision_feature_select_strategy,
-            **kwargs,
-        )
-        return BaseModelOutputWithPooling(
-            last_hidden_state=tokens, pooler_output=list(self.multi_modal_projector(tokens))
-        )
+        """LLaVA's image features, as `LlavaModel.get_image_features` returns them: the vision tower's output whose
+        `pooler_output` is one [image tokens, text hidden size] tensor per image (the image tokens through
+        `multi_modal_projector`), with the tower's hidden states and attentions when asked for."""
+        image_outputs = self.vision_tower(pixel_values, return_dict=True, **kwargs)
+        image_tokens = _select_image_tokens(image_outputs, vision_feature_layer, vision_feature_select_strategy)
+        image_outputs.pooler_output = list(self.multi_modal_projector(image_tokens))
+        return image_outputs
 
+    @can_return_tuple
     def get_audio_features(
-        self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Audio tokens through `audio_multi_modal_projector`: [batch, audio tokens, text hidden size]."""
-        tokens = self.get_audio_tokens(input_features, input_features_mask)
-        return self.audio_multi_modal_projector(tokens.to(self.audio_multi_modal_projector.linear_1.weight.dtype))
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        """The audio encoder's output whose `pooler_output` is [clips, audio tokens, text hidden size]: its tokens
+        through `audio_to_vision` and `audio_multi_modal_projector`, what the language model receives. Hidden states
+        and attentions are the encoder's, when asked for (`output_hidden_states=True`, `output_attentions=True`)."""
+        audio_outputs = self._encode_audio(input_features, input_features_mask, **kwargs)
+        tokens = self._to_vision_width(audio_outputs.last_hidden_state)
+        features = self.audio_multi_modal_projector(tokens.to(self.audio_multi_modal_projector.linear_1.weight.dtype))
+        return BaseModelOutputWithPooling(
+            last_hidden_state=audio_outputs.last_hidden_state,
+            pooler_output=features,
+            hidden_states=audio_outputs.get("hidden_states"),
+            attentions=audio_outputs.get("attentions"),
+        )
 
     def get_placeholder_mask(
-        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, token_id: int, features: torch.Tensor
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor,
+        token_id: int,
+        features: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Where `token_id` sits, checked against the number of feature vectors to put there."""
+        """Where `token_id` sits, as a mask shaped like `inputs_embeds`: read from `input_ids`, or without them found
+        as the rows of `inputs_embeds` equal to that token's embedding (as LLaVA finds its image placeholders). With
+        `features`, their count must match the placeholders'."""
         if input_ids is None:
             token_embedding = self.get_input_embeddings()(
-                torch.tensor(token_id, dtype=torch.long, device=inputs_embeds.device)
+                torch.full((), token_id, dtype=torch.long, device=inputs_embeds.device)
             )
             mask = (inputs_embeds == token_embedding).all(-1)
         else:
             mask = input_ids == token_id
-        n_tokens, n_features = int(mask.sum()), features.numel() // features.shape[-1]
-        if n_tokens != n_features:
-            name = {
-                self.config.image_token_id: "image",
-                self.config.audio_token_id: "audio",
-                self.config.prefix_token_id: "prefix",
-            }[token_id]
-            raise ValueError(
-                f"{name} features and {name} placeholder tokens do not match: {n_tokens} tokens (id {token_id}) in "
-                f"input_ids but {n_features} feature vectors. Build the inputs with LlavaAudioProcessor, which "
-                f"expands each <{name}> placeholder to the right count."
-            )
+        if features is not None:
+            self._check_placeholder_count(mask, inputs_embeds, token_id, features, in_ids=input_ids is not None)
         return mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
 
-    def _scatter(self, input_ids, inputs_embeds, token_id, features):
-        mask = self.get_placeholder_mask(input_ids, inputs_embeds, token_id, features)
-        return inputs_embeds.masked_scatter(mask, features.to(inputs_embeds.device, inputs_embeds.dtype))
+    def _check_placeholder_count(self, mask, inputs_embeds, token_id, features, in_ids: bool) -> None:
+        n_tokens = mask.sum()
+        if token_id == self.config.image_token_id:  # LLaVA's words (and counts): tools and tests match on them
+            n_features = features.shape[0] * features.shape[1]
+            message = f"Image features and image tokens do not match, tokens: {n_tokens}, features: {n_features}"
+        else:
+            name = "audio" if token_id == self.config.audio_token_id else "prefix"
+            message = (
+                f"{name} features and {name} placeholder tokens do not match: {n_tokens} tokens (id {token_id}) in "
+                f"{'input_ids' if in_ids else 'inputs_embeds'} but {features.numel() // features.shape[-1]} feature "
+                f"vectors. Build the inputs with LlavaAudioProcessor, which expands each <{name}> placeholder to the "
+                "right count."
+            )
+        torch_compilable_check(n_tokens * inputs_embeds.shape[-1] == features.numel(), message)
+
+    def _place(self, input_ids, prompt_embeds, inputs_embeds, token_id, features):
+        """`features` written over the `token_id` placeholders, found in `input_ids` or `prompt_embeds`."""
+        features = features.to(inputs_embeds.device, inputs_embeds.dtype)
+        mask = self.get_placeholder_mask(input_ids, prompt_embeds, token_id, features)
+        return inputs_embeds.masked_scatter(mask, features)
+
+    def _place_prefix(self, input_ids, prompt_embeds, inputs_embeds):
+        """The learned prefix written over every run of exactly `num_prefix_tokens` `<prefix>` placeholders (the
+        processor writes one such run per `<prefix>`). Any other `<prefix>` id stays a plain token, as LLaVA leaves
+        `<image>` ids alone when no image is given: decoding steps and generated ids never receive the prefix, even
+        when generating without a cache. Tensor operations only, so compiled decoding steps have no Python branch."""
+        mask = self.get_placeholder_mask(input_ids, prompt_embeds, self.config.prefix_token_id)[..., 0]
+        position = _position_in_run(mask)
+        run_length = position + _position_in_run(mask.flip(-1)).flip(-1) - 1
+        size = self.config.num_prefix_tokens
+        if not is_torchdynamo_compiling() and (mask & (run_length > 1) & (run_length != size)).any():
+            logger.warning_once(
+                f"A run of <prefix> placeholders (id {self.config.prefix_token_id}) is not {size} long "
+                "(num_prefix_tokens): it is read as plain tokens. Build prompts with the LlavaAudioProcessor saved "
+                "with this model, whose num_prefix_tokens is the model's."
+            )
+        rows = self.prefix_embeddings.to(inputs_embeds.device, inputs_embeds.dtype)[(position - 1).clamp(0, size - 1)]
+        return torch.where((mask & (run_length == size)).unsqueeze(-1), rows, inputs_embeds)
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -219,37 +276,44 @@ class LlavaAudioModel(LlavaAudioPreTrainedModel):
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> LlavaAudioModelOutputWithPast:
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
-        if pixel_values is not None and mm_encoder_outputs is not None and "image" in mm_encoder_outputs:
+        mm_encoder_outputs = dict(mm_encoder_outputs or {})
+        if pixel_values is not None and mm_encoder_outputs.get("image") is not None:
             raise ValueError("You cannot specify both pixel_values and mm_encoder_outputs at the same time")
+        if input_features is not None and mm_encoder_outputs.get("audio") is not None:
+            raise ValueError("Pass either input_features or mm_encoder_outputs['audio'], not both.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
+        prompt_embeds = inputs_embeds  # placeholders are looked up here, before any feature overwrites them
 
-        mm_encoder_outputs = dict(mm_encoder_outputs or {})
         if mm_encoder_outputs.get("image") is None and pixel_values is not None:
             mm_encoder_outputs["image"] = self.get_image_features(
                 pixel_values,
                 vision_feature_layer=vision_feature_layer,
                 vision_feature_select_strategy=vision_feature_select_strategy,
+                return_dict=True,
+                **kwargs,
             )
         if mm_encoder_outputs.get("image") is not None:
             image_features = torch.cat(mm_encoder_outputs["image"].pooler_output, dim=0)
-            inputs_embeds = self._scatter(input_ids, inputs_embeds, self.config.image_token_id, image_features)
+            inputs_embeds = self._place(input_ids, prompt_embeds, inputs_embeds, self.config.image_token_id,
+                                        image_features)
 
+        if mm_encoder_outputs.get("audio") is None and input_features is not None:
+            mm_encoder_outputs["audio"] = self.get_audio_features(
+                input_features, input_features_mask, return_dict=True,
+                **{k: kwargs.get(k) for k in ("output_hidden_states", "output_attentions")},
+            )
         audio_features = None
-        if input_features is not None:
-            audio_features = self.get_audio_features(input_features, input_features_mask)
-            inputs_embeds = self._scatter(input_ids, inputs_embeds, self.config.audio_token_id, audio_features)
+        if mm_encoder_outputs.get("audio") is not None:
+            audio_features = mm_encoder_outputs["audio"].pooler_output
+            inputs_embeds = self._place(input_ids, prompt_embeds, inputs_embeds, self.config.audio_token_id,
+                                        audio_features)
 
-        # The prefix belongs to the prompt: scatter it at prefill only, so a generated placeholder stays a token.
-        prefill = cache is None or cache.get_seq_length() == 0
-        if prefill and input_ids is not None and (input_ids == self.config.prefix_token_id).any():
-            n_prefixes = int((input_ids == self.config.prefix_token_id).sum()) // self.config.num_prefix_tokens
-            prefix = self.prefix_embeddings.repeat(max(n_prefixes, 1), 1)
-            inputs_embeds = self._scatter(input_ids, inputs_embeds, self.config.prefix_token_id, prefix)
+        inputs_embeds = self._place_prefix(input_ids, prompt_embeds, inputs_embeds)
 
         outputs = self.language_model(
             attention_mask=attention_mask,
@@ -259,7 +323,10 @@ class LlavaAudioModel(LlavaAudioPreTrainedModel):
             **kwargs,
         )
         return LlavaAudioModelOutputWithPast(
-            **outputs, image_outputs=mm_encoder_outputs.get("image"), audio_hidden_states=audio_features
+            **outputs,
+            image_outputs=mm_encoder_outputs.get("image"),
+            audio_outputs=mm_encoder_outputs.get("audio"),
+            audio_hidden_states=audio_features,
         )
 
 
@@ -278,6 +345,7 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
         self.model = LlavaAudioModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
+        _suppress_placeholders(self.generation_config, config)
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
@@ -289,8 +357,13 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
         return self.lm_head
 
     def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
-        """`PreTrainedModel.save_pretrained`, writing the weights under the names this model uses (a LlavaAudio
-        checkpoint has no older format to restore), so a plain `load_state_dict` (Trainer resume) reads them."""
+        """`PreTrainedModel.save_pretrained`, writing the weights under the names this model uses by default.
+
+        The library's default (`save_original_format=True`) writes the audio tower under its original checkpoint
+        names (AST's `encoder.layer.N.attention.attention.key`, ...). `from_pretrained` reads both, but
+        `Trainer(resume_from_checkpoint=...)` loads the raw file with a non-strict `load_state_dict`, which would
+        silently skip those tensors and resume with a fresh audio tower. Pass `save_original_format=True` to get
+        the library's format."""
         # Every auto class that gives the captioner, for loads through trust_remote_code without dali_hf.
         entry = f"{_MODULE}.{type(self).__name__}"
         self.config.auto_map = (getattr(self.config, "auto_map", None) or {}) | {
@@ -317,14 +390,17 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
         return self.model.get_audio_tokens(input_features, input_features_mask)
 
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """See [`LlavaAudioModel.get_image_features`]."""
         return self.model.get_image_features(pixel_values, **kwargs)
 
     def get_audio_features(
-        self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return self.model.get_audio_features(input_features, input_features_mask)
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        """See [`LlavaAudioModel.get_audio_features`]."""
+        return self.model.get_audio_features(input_features, input_features_mask, **kwargs)
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -340,7 +416,7 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> LlavaAudioCausalLMOutputWithPast | LlavaAudioTokensOutput:
         r"""Captioning forward pass. Without text (no `input_ids`, no `inputs_embeds`) the model instead encodes its
         inputs into the space DALI aligns and returns a [`LlavaAudioTokensOutput`]: this is how the alignment
@@ -379,6 +455,7 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_outputs=outputs.image_outputs,
+            audio_outputs=outputs.audio_outputs,
             audio_hidden_states=outputs.audio_hidden_states,
         )
 
@@ -444,7 +521,7 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
         parts.multi_modal_projector = llava.model.multi_modal_projector
         parts.language_model = llava.model.language_model
         model.lm_head = llava.lm_head
-        model.generation_config = llava.generation_config
+        model.generation_config = _suppress_placeholders(copy.deepcopy(llava.generation_config), config)
 
         device, dtype = llava.lm_head.weight.device, llava.lm_head.weight.dtype
         if encoder is None:
@@ -468,6 +545,17 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
         if still_meta and device.type != "meta":  # a bug here, never a user error (a meta LLaVA gives a meta model)
             raise RuntimeError(f"from_llava left parameters unbuilt: {still_meta[:5]}")
         return model
+
+
+def _suppress_placeholders(generation_config, config: LlavaAudioConfig):
+    """Never generate `<audio>` or `<prefix>`: a generated placeholder would be re-read as part of the prompt when
+    generating without a cache. `<image>` is left to LLaVA's own generation config (image-only output stays
+    LLaVA's). Returns `generation_config`, changed in place."""
+    placeholders = [config.audio_token_id, config.prefix_token_id]
+    if generation_config is not None:
+        already = list(generation_config.suppress_tokens or [])
+        generation_config.suppress_tokens = already + [t for t in placeholders if t not in already]
+    return generation_config
 
 
 def build_audio_encoder(audio_config):
@@ -503,6 +591,24 @@ def _copy_with_relative_imports(path: str, folder) -> None:
 
     for file in [path, *get_relative_import_files(path)]:
         shutil.copy(file, folder)
+
+
+def _select_image_tokens(vision_outputs, vision_feature_layer, vision_feature_select_strategy) -> torch.Tensor:
+    """LLaVA's choice of vision tokens: the hidden states at `vision_feature_layer` (concatenated over a list of
+    layers), without CLS for the "default" strategy."""
+    layers = [vision_feature_layer] if isinstance(vision_feature_layer, int) else vision_feature_layer
+    hidden = [vision_outputs.hidden_states[i] for i in layers]
+    if vision_feature_select_strategy == "default":
+        hidden = [h[:, 1:] for h in hidden]
+    return hidden[0] if len(hidden) == 1 else torch.cat(hidden, dim=-1)
+
+
+def _position_in_run(mask: torch.Tensor) -> torch.Tensor:
+    """For a [batch, sequence] bool mask: each True's 1-based position in its run of consecutive Trues (0 where
+    False), by tensor operations only."""
+    count = mask.long().cumsum(-1)
+    count_at_last_false = torch.where(mask, 0, count).cummax(-1).values
+    return (count - count_at_last_false) * mask
 
 
 def _num_feature_layers(config) -> int:

@@ -14,7 +14,7 @@ PREFIX_TOKEN = "<prefix>"
 DEFAULT_PROMPT = "Describe the sound that can be heard in this scene."  # the reference code's prompt
 
 # LLaVA-1.5's `llava_v1` template as llava-hf writes it, with audio and prefix placeholders right after the image
-# (METHOD.md: "the prefix sits right after the modality tokens, before the prompt text"). Image-only prompts are
+# (in DALI the prefix sits right after the modality tokens, before the prompt text). Image-only prompts are
 # exactly LLaVA's: "USER: <image>\n{text} ASSISTANT:".
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
@@ -45,6 +45,12 @@ class LlavaAudioProcessor(ProcessorMixin):
     every `<audio>` to `num_audio_tokens` and every `<prefix>` to `num_prefix_tokens`, and returns `input_ids`,
     `attention_mask`, `pixel_values`, `input_features` and `input_features_mask`. Prompts are padded on the left
     unless asked otherwise, as generation needs.
+
+    `apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt")` gives the same model-ready
+    inputs from a conversation, as audio-LLM processors do: content items `{"type": "image", "path"/"url"/"image"}`,
+    `{"type": "audio", "path"/"url"/"audio"}` (files are loaded and resampled to the feature extractor's rate),
+    `{"type": "prefix"}` and `{"type": "text", "text"}`. The template is saved with the processor
+    (`chat_template.jinja`).
 
     Args:
         image_processor: LLaVA's CLIP image processor.
