@@ -94,35 +94,10 @@ class LlavaAudioPreTrainedModel(PreTrainedModel):
             init.normal_(module.prefix_embeddings, mean=0.0, std=1e-4)  # N(0, 1e-4), as in DALI
 
 
-class LlavaAudioModel(LlavaAudioPreTrainedModel):
-    """LLaVA's three parts plus `audio_tower`, `audio_to_vision`, `audio_multi_modal_projector`, `prefix_embeddings`."""
-
-    def __init__(self, config: LlavaAudioConfig):
-        super().__init__(config)
-        self.vision_tower = AutoModel.from_config(config.vision_config)
-        self.multi_modal_projector = LlavaMultiModalProjector(config)
-        self.language_model = AutoModel.from_config(config.text_config)
-
-        self.audio_tower = build_audio_encoder(config.audio_config)
-        vision_width = config.vision_config.hidden_size * _num_feature_layers(config)
-        self.audio_to_vision = nn.Linear(config.audio_config.hidden_size, vision_width)
-        self.audio_multi_modal_projector = LlavaMultiModalProjector(config)
-        self.prefix_embeddings = nn.Parameter(torch.empty(config.num_prefix_tokens, config.text_config.hidden_size))
-        self.post_init()
-        self.reset_audio_projector()
-
-    def get_input_embeddings(self):
-        return self.language_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value):
-        self.language_model.set_input_embeddings(value)
-
-    @torch.no_grad()
-    def reset_audio_projector(self):
-        """Copy the image projector into the audio projector (how DALI initialises it before stage 2)."""
-        self.audio_multi_modal_projector.load_state_dict(self.multi_modal_projector.state_dict())
-
-    # ---- the two token spaces that DALI aligns -------------------------------------------------------------
+class LlavaAudioTokensMixin:
+    """The two token sets that DALI aligns, for any module holding `vision_tower`, `audio_tower` and
+    `audio_to_vision` (the captioner's `LlavaAudioModel`, and the alignment stage's model without the language
+    model): one definition, so both give the same tokens."""
 
     @merge_with_config_defaults
     @select_hidden_states("vision_feature_layer")
@@ -163,6 +138,35 @@ class LlavaAudioModel(LlavaAudioPreTrainedModel):
     def _audio_mask_argument(self) -> str | None:
         parameters = inspect.signature(self.audio_tower.forward).parameters
         return next((n for n in ("input_features_mask", "attention_mask") if n in parameters), None)
+
+
+class LlavaAudioModel(LlavaAudioTokensMixin, LlavaAudioPreTrainedModel):
+    """LLaVA's three parts plus `audio_tower`, `audio_to_vision`, `audio_multi_modal_projector`, `prefix_embeddings`."""
+
+    def __init__(self, config: LlavaAudioConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = LlavaMultiModalProjector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+
+        self.audio_tower = build_audio_encoder(config.audio_config)
+        vision_width = config.vision_config.hidden_size * _num_feature_layers(config)
+        self.audio_to_vision = nn.Linear(config.audio_config.hidden_size, vision_width)
+        self.audio_multi_modal_projector = LlavaMultiModalProjector(config)
+        self.prefix_embeddings = nn.Parameter(torch.empty(config.num_prefix_tokens, config.text_config.hidden_size))
+        self.post_init()
+        self.reset_audio_projector()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    @torch.no_grad()
+    def reset_audio_projector(self):
+        """Copy the image projector into the audio projector (how DALI initialises it before stage 2)."""
+        self.audio_multi_modal_projector.load_state_dict(self.multi_modal_projector.state_dict())
 
     # ---- features placed into the language model's input ---------------------------------------------------
 

@@ -12,7 +12,7 @@ Alignment runs the frozen vision tower and the trained audio tower + `audio_to_v
   (same config, remote code, pipeline and shard layout as a save of the whole model);
 - a Trainer checkpoint (a complete captioner) is resumed by reading only these parts back ([`load_alignment_weights`]).
 
-The token functions are the captioner's own (`LlavaAudioModel.get_image_tokens` / `get_audio_tokens`), so the
+The token functions are the captioner's own (`LlavaAudioTokensMixin.get_image_tokens` / `get_audio_tokens`), so the
 alignment losses and gradients are those of the whole model.
 """
 
@@ -30,8 +30,8 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from ..modeling.modeling_llava_audio import (
     LlavaAudioForConditionalGeneration,
-    LlavaAudioModel,
     LlavaAudioPreTrainedModel,
+    LlavaAudioTokensMixin,
     LlavaAudioTokensOutput,
     build_audio_encoder,
 )
@@ -47,7 +47,7 @@ def is_alignment_key(key: str) -> bool:
     return key.startswith(_PREFIXES)
 
 
-class LlavaAudioAlignmentParts(LlavaAudioPreTrainedModel):
+class LlavaAudioAlignmentParts(LlavaAudioTokensMixin, LlavaAudioPreTrainedModel):
     """The captioner's `model` reduced to the vision tower, the audio tower and `audio_to_vision`."""
 
     def __init__(self, config):
@@ -57,11 +57,6 @@ class LlavaAudioAlignmentParts(LlavaAudioPreTrainedModel):
         self.audio_tower = build_audio_encoder(config.audio_config)
         self.audio_to_vision = nn.Linear(config.audio_config.hidden_size, config.vision_config.hidden_size * layers)
         self.post_init()
-
-    # the captioner's code, not a copy: the same tokens by construction
-    get_image_tokens = LlavaAudioModel.get_image_tokens
-    get_audio_tokens = LlavaAudioModel.get_audio_tokens
-    _audio_mask_argument = LlavaAudioModel._audio_mask_argument
 
 
 class LlavaAudioAlignmentModel(LlavaAudioPreTrainedModel):
