@@ -157,7 +157,8 @@ class LlavaAudioModel(LlavaAudioPreTrainedModel):
         vision_feature_select_strategy: str | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
-        """LLaVA's image features: image tokens through `multi_modal_projector`, one tensor per image."""
+        """LLaVA's image features: image tokens through `multi_modal_projector` (through
+        `audio_multi_modal_projector` with `config.shared_projector`), one tensor per image."""
         kwargs.pop("return_dict", None)
         tokens = self.get_image_tokens(
             pixel_values,
@@ -165,9 +166,8 @@ class LlavaAudioModel(LlavaAudioPreTrainedModel):
             vision_feature_select_strategy=vision_feature_select_strategy,
             **kwargs,
         )
-        return BaseModelOutputWithPooling(
-            last_hidden_state=tokens, pooler_output=list(self.multi_modal_projector(tokens))
-        )
+        projector = self.audio_multi_modal_projector if self.config.shared_projector else self.multi_modal_projector
+        return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=list(projector(tokens)))
 
     def get_audio_features(
         self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None
