@@ -99,6 +99,8 @@ def _add_pseudo_caption(subparsers) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--paper-sampling", action="store_true",
                         help="sample at temperature 0.2 like the reference code (default: greedy, reproducible)")
+    parser.add_argument("--prompt-preset", choices=["llava", "reference"],
+                        help="system texts: none, or the authors' (default: the model's processor's)")
     parser.set_defaults(func=_run_pseudo_caption)
 
 
@@ -111,7 +113,8 @@ def _run_pseudo_caption(args) -> None:
     sampling = dict(do_sample=True, temperature=0.2) if args.paper_sampling else dict(do_sample=False)
     result = generate_pseudo_captions(AutoModel.from_pretrained(args.model), AutoProcessor.from_pretrained(args.model),
                                       datasets.load_from_disk(args.data), args.output_dir,
-                                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, **sampling)
+                                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                      prompt_preset=args.prompt_preset, **sampling)
     print(f"{len(result)} pseudo-captions in {args.output_dir}")
 
 
@@ -129,6 +132,8 @@ def _add_caption(subparsers) -> None:
     parser.add_argument("--preset", default="greedy", choices=["greedy", "paper"])
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--prompt")
+    parser.add_argument("--prompt-preset", choices=["llava", "reference"],
+                        help="system texts: none, or the authors' (default: the model's processor's)")
     parser.add_argument("--chunk-length-s", type=float, help="window for long audio (default: the encoder's input)")
     parser.add_argument("--stride-length-s", type=float, default=0.0, help="overlap of consecutive windows")
     parser.set_defaults(func=_run_caption)
@@ -144,7 +149,7 @@ def _run_caption(args) -> None:
     captioner = pipeline("audio-captioning", model=args.model)
     summary = caption_files(captioner, files, args.output, batch_size=args.batch_size, mode=args.mode, frame=frame,
                             preset=args.preset, max_new_tokens=args.max_new_tokens, prompt=args.prompt,
-                            chunk_length_s=args.chunk_length_s, stride_length_s=args.stride_length_s)
+                            prompt_preset=args.prompt_preset, chunk_length_s=args.chunk_length_s, stride_length_s=args.stride_length_s)
     print(f"{summary['captioned']} of {len(files)} files captioned -> {args.output}")
     for row in summary["failed"]:
         print(f"  failed: {row['file']}: {row['error']}")

@@ -45,7 +45,8 @@ class AudioCaptioningPipeline(ChunkPipeline):
 
     Call arguments: `mode` ("audio", "audiovisual", "image"), `images` (one per input; for audiovisual mode with a
     video file, a frame of the video is used when no image is given: `frame` = "middle" (default), "first", or
-    seconds), `sampling_rate` (for raw samples), `prompt`, `chunk_length_s` (default: the audio encoder's input
+    seconds), `sampling_rate` (for raw samples), `prompt`, `prompt_preset` (system texts, default: the
+    processor's; see `LlavaAudioProcessor.caption_prompt`), `chunk_length_s` (default: the audio encoder's input
     length) and `stride_length_s` (overlap of consecutive windows) for long audio, `preset` ("greedy" or "paper"),
     `max_new_tokens`, `generate_kwargs`, and the pipeline's own `batch_size`.
     """
@@ -81,8 +82,10 @@ class AudioCaptioningPipeline(ChunkPipeline):
         return outputs[0] if single else outputs
 
     def _sanitize_parameters(self, mode=None, frame=None, prompt=None, sampling_rate=None, chunk_length_s=None,
-                             stride_length_s=None, preset=None, max_new_tokens=None, generate_kwargs=None, **kwargs):
-        preprocess = {k: v for k, v in dict(mode=mode, frame=frame, prompt=prompt, sampling_rate=sampling_rate,
+                             stride_length_s=None, preset=None, max_new_tokens=None, generate_kwargs=None,
+                             prompt_preset=None, **kwargs):
+        preprocess = {k: v for k, v in dict(mode=mode, frame=frame, prompt=prompt, prompt_preset=prompt_preset,
+                                             sampling_rate=sampling_rate,
                                              chunk_length_s=chunk_length_s, stride_length_s=stride_length_s).items()
                       if v is not None}
         if mode is not None and mode not in MODES:
@@ -98,11 +101,11 @@ class AudioCaptioningPipeline(ChunkPipeline):
     # ---- preprocess: one request -> one model input per audio window ------------------------------------------
 
     def preprocess(self, request: CaptionRequest, mode="audio", frame="middle", prompt=None, sampling_rate=None,
-                   chunk_length_s=None, stride_length_s=0.0):
+                   chunk_length_s=None, stride_length_s=0.0, prompt_preset=None):
         processor = self.processor
         if mode == "image":
             image = _load_image(request.image, frame)
-            inputs = processor(text=processor.caption_prompt(image=True, prompt=prompt), images=image,
+            inputs = processor(text=processor.caption_prompt(image=True, prompt=prompt, prompt_preset=prompt_preset), images=image,
                                return_tensors="pt")
             yield {**inputs, "is_last": True, "timestamp": None}
             return
@@ -116,7 +119,8 @@ class AudioCaptioningPipeline(ChunkPipeline):
                     "is then used"
                 )
             image = _load_image(request.image if request.image is not None else request.audio, frame)
-        text = processor.caption_prompt(image=image is not None, audio=True, prefix=image is not None, prompt=prompt)
+        text = processor.caption_prompt(image=image is not None, audio=True, prefix=image is not None, prompt=prompt,
+                                        prompt_preset=prompt_preset)
         target_rate = processor.feature_extractor.sampling_rate
         window = _window_seconds(processor.feature_extractor)
         length = chunk_length_s or window
