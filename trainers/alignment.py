@@ -183,10 +183,10 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         train = model.training
         lam = self.current_lambda() if (self.args.objective == "attentive_ot" and train) else None
-        # every chunk's forward pass is issued before any OT result is waited for: the CPU solves one chunk while
-        # the device computes the next
         if train and self.augmentation is not None:
             inputs = self.augmentation.apply(inputs)
+        # every chunk's forward pass is issued before any OT result is waited for: the CPU solves one chunk while
+        # the device computes the next
         started = [self._start_objective(model, chunk, lam) for chunk in self._chunks(inputs)]
         terms = defaultdict(list)
         for _, _, finish in started:
