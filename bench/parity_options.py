@@ -108,16 +108,17 @@ def run_seed(seed: int, out: Path, size, variants, objective: str = "attentive_o
 def summary(results: dict[int, dict[str, float]]) -> str:
     """Markdown table: each variant's mean F1 and spread, and its difference to the baseline per seed."""
     seeds = sorted(results)
-    lines = ["| variant | mean F1 | std over seeds | difference to baseline per seed | mean difference |",
-             "|---|---|---|---|---|"]
+    lines = ["| variant | mean F1 | std over seeds | difference to baseline per seed | mean difference | std of differences |",
+             "|---|---|---|---|---|---|"]
     for name in VARIANTS:
         if not all(name in results[s] for s in seeds):
             continue
         values = [results[s][name] for s in seeds]
         diffs = [results[s][name] - results[s]["baseline"] for s in seeds]
         spread = statistics.stdev(values) if len(values) > 1 else float("nan")
+        diff_spread = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
         lines.append(f"| {name} | {statistics.mean(values):.3f} | {spread:.3f} | "
-                     f"{', '.join(f'{d:+.3f}' for d in diffs)} | {statistics.mean(diffs):+.3f} |")
+                     f"{', '.join(f'{d:+.3f}' for d in diffs)} | {statistics.mean(diffs):+.3f} | {diff_spread:.3f} |")
     return "\n".join(lines)
 
 
