@@ -9,15 +9,15 @@ import ot
 import pytest
 import torch
 from conftest import build_captioner, random_clip, random_image
-from tokenizers import pre_tokenizers
-
-from dali_hf import CavMaeAudioConfig, CavMaeAudioModel, CavMaeFeatureExtractor, LlavaAudioProcessor
-from dali_hf.convert import official_name, split_official_state_dict
 from dali_hf.modeling.processing_llava_audio import DEFAULT_PROMPT, PROMPT_PRESETS
-from dali_hf.tiny import TINY_WORDS, tiny_audio_encoder, tiny_llava, tiny_llava_processor, tiny_tokenizer
 from dali_hf.trainers import AlignmentConfig, CaptionCollator, DistributionAlignmentTrainer
 from dali_hf.trainers.collators import FeatureAugmentation
 from dali_hf.trainers.objectives import AttentiveMarginals
+from tokenizers import pre_tokenizers, processors
+
+from dali_hf import CavMaeAudioConfig, CavMaeAudioModel, CavMaeFeatureExtractor, LlavaAudioProcessor
+from dali_hf.convert import official_name, split_official_state_dict
+from dali_hf.tiny import TINY_WORDS, tiny_audio_encoder, tiny_llava, tiny_llava_processor, tiny_tokenizer
 
 WIDTH, HEADS = 16, 4
 
@@ -204,7 +204,10 @@ def _offline_tokenizer():
     """A word-level tokenizer built here that knows every word of the reference's system texts."""
     texts = [text for preset in PROMPT_PRESETS.values() for text in preset.values() if text] + [DEFAULT_PROMPT]
     words = [word for text in texts for word, _ in pre_tokenizers.Whitespace().pre_tokenize_str(text)]
-    return tiny_tokenizer([*TINY_WORDS, *words])
+    tokenizer, vocab_size = tiny_tokenizer([*TINY_WORDS, *words])
+    bos = (tokenizer.bos_token, tokenizer.bos_token_id)
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[bos])
+    return tokenizer, vocab_size
 
 
 def _reference_ids(tokenizer, system: str, prompt: str, image_marker: int) -> list[int]:
@@ -233,9 +236,7 @@ def _collapse_media(ids: list[int], processor, marker: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def reference_captioner():
-    tokenizer, vocab_size = _offline_tokenizer()
-    tokenizer.add_bos_token = True
-    llava = tiny_llava(vocab_size, tokenizer.convert_tokens_to_ids("<image>"))
+    tokenizer, _ = _offline_tokenizer()
     audio_config, feature_extractor = tiny_audio_encoder("ast")
     processor = LlavaAudioProcessor.from_llava(tiny_llava_processor(tokenizer), feature_extractor,
                                                audio_config=audio_config, prompt_preset="reference")
@@ -249,6 +250,7 @@ def test_reference_preset_gives_the_reference_template_ids(reference_captioner):
                        audio=random_clip(0), sampling_rate=16000)
     expected = _reference_ids(processor.tokenizer, PROMPT_PRESETS["reference"]["inference"], DEFAULT_PROMPT, marker)
     assert tokenizer.unk_token_id not in expected
+    assert expected[0] == tokenizer.bos_token_id and expected.count(tokenizer.bos_token_id) == 1
     assert _collapse_media(inputs["input_ids"][0], processor, marker) == expected
     assert processor.caption_prompt(audio=True).startswith("A chat between a curious human")
     assert processor.caption_prompt(audio=True, prompt_preset="llava").startswith("USER:")
