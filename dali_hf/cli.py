@@ -221,6 +221,8 @@ def _add_pseudo_caption(subparsers) -> None:
                         help="decoding: greedy (reproducible) or paper (temperature 0.2, as the reference code)")
     parser.add_argument("--paper-sampling", dest="preset", action="store_const", const="paper",
                         help=argparse.SUPPRESS)  # the former name of --preset paper
+    parser.add_argument("--prompt-preset", choices=["llava", "reference"],
+                        help="system texts: none, or the authors' (default: the model's processor's)")
     parser.set_defaults(func=_run_pseudo_caption)
 
 
@@ -233,7 +235,8 @@ def _run_pseudo_caption(args) -> None:
     sampling = dict(do_sample=True, temperature=0.2) if args.preset == "paper" else dict(do_sample=False)
     result = generate_pseudo_captions(AutoModel.from_pretrained(args.model), AutoProcessor.from_pretrained(args.model),
                                       datasets.load_from_disk(args.data), args.output_dir,
-                                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, **sampling)
+                                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                      prompt_preset=args.prompt_preset, **sampling)
     print(f"{len(result)} pseudo-captions in {args.output_dir}")
 
 
@@ -265,6 +268,8 @@ def _add_caption(subparsers) -> None:
     parser.add_argument("--silence-threshold-db", type=silence_threshold, default=-60.0,
                         help='audio whose peak is at or below this level (dBFS) is captioned "silence"; "off" '
                              "turns the check off")
+    parser.add_argument("--prompt-preset", choices=["llava", "reference"],
+                        help="system texts: none, or the authors' (default: the model's processor's)")
     parser.set_defaults(func=_run_caption)
 
 
@@ -285,7 +290,8 @@ def _run_caption(args) -> None:
     captioner = pipeline("audio-captioning", model=args.model)
     summary = caption_files(captioner, files, args.output, batch_size=args.batch_size, mode=args.mode,
                             frame=args.frame, preset=args.preset, max_new_tokens=args.max_new_tokens,
-                            prompt=args.prompt, chunk_length_s=args.chunk_length_s,
+                            prompt=args.prompt, prompt_preset=args.prompt_preset,
+                            chunk_length_s=args.chunk_length_s,
                             stride_length_s=args.stride_length_s, long_audio=args.long_audio,
                             silence_threshold_db=args.silence_threshold_db)
     print(f"{summary['captioned']} of {len(files)} files captioned -> {args.output}")

@@ -4,11 +4,17 @@ The release has `audio_backbone.pth` (the whole CAV-MAE, DataParallel-wrapped, w
 projection `proj` and the attentive-OT scorers) and the stage outputs `prefixMLP.bin` / `prefix.bin` (the
 original LLaVA repo's projector names and the learned prefix). The audio path is mapped onto
 [`CavMaeAudioModel`] and the LlavaAudio audio parts; the unused branches (visual encoder, MAE decoder, CLIP
-copy) are skipped and listed; the scorers, which only training uses, are kept apart under the authors' names
-(those of the alignment trainer).
+copy) are skipped and listed; the scorers, which only training uses, are kept apart under the names of
+[`AttentiveMarginals`] (the alignment trainer's).
+
+The authors' scorer names are swapped with respect to what the modules compute: their `image_scorer` takes the
+audio queries (`a_q`) against the image keys and values (`i_k`, `i_v`) and gives the *audio* token weights, their
+`audio_scorer` the image token weights. Ours are named by the weights they give, so `image_scorer.*` becomes
+`audio_scorer.*` and the other way round ([`SCORER_NAMES`]); the pre-projections keep their names.
 """
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -27,9 +33,11 @@ from .modeling import (
     LlavaAudioForConditionalGeneration,
     LlavaAudioProcessor,
 )
+from .modeling.feature_extraction_cav_mae import CHANNEL_POLICIES
 
 __all__ = [
     "SCORERS_NAME",
+    "SCORER_NAMES",
     "OfficialWeights",
     "add_convert_subcommand",
     "convert_official",
@@ -52,6 +60,10 @@ PROJECTOR_KEYS = {
 }
 PREFIX_KEY = "model.audio_tower.prefix"
 
+# The authors' scorer modules -> ours (AttentiveMarginals): theirs are named for the other modality
+SCORER_NAMES = {"image_scorer": "audio_scorer", "audio_scorer": "image_scorer",
+                **{name: name for name in ("a_q", "a_k", "a_v", "i_q", "i_k", "i_v")}}
+
 _SCORER = re.compile(r"^(audio_scorer|image_scorer|[ai]_[qkv])\.")
 _UNUSED = re.compile(
     r"^(blocks_v|patch_embed_v|norm_v|norm|decoder_\w+|vision_tower)\."  # visual, joint norm, decoder, CLIP
@@ -67,7 +79,7 @@ class OfficialWeights(NamedTuple):
 
     audio_tower: dict[str, torch.Tensor]  # the [`CavMaeAudioModel`] state dict
     audio_to_vision: dict[str, torch.Tensor]  # `weight` and `bias` of the audio-to-CLIP projection
-    scorers: dict[str, torch.Tensor]  # attentive-OT scorers, under the authors' names
+    scorers: dict[str, torch.Tensor]  # attentive-OT scorers, under AttentiveMarginals' names
     skipped: list[str]  # keys of the unused branches
 
 
@@ -128,7 +140,8 @@ def split_official_state_dict(
         elif key in ("proj.weight", "proj.bias"):
             projection[key.removeprefix("proj.")] = tensor
         elif _SCORER.match(key):
-            scorers[key] = tensor
+            module, rest = key.split(".", 1)
+            scorers[f"{SCORER_NAMES[module]}.{rest}"] = tensor
         elif _UNUSED.match(key):
             skipped.append(key)
         else:
@@ -150,7 +163,34 @@ def split_official_state_dict(
             f"audio_backbone key 'proj.weight' has shape {list(projection['weight'].shape)}: expected "
             f"[vision width, {config.hidden_size}]."
         )
+    if scorers:
+        _check_scorers(scorers, projection["weight"].shape[0])
     return OfficialWeights(tower, projection, scorers, sorted(skipped))
+
+
+def _check_scorers(scorers: dict[str, torch.Tensor], width: int) -> None:
+    """Fail unless the (renamed) scorer tensors are exactly the state dict of `AttentiveMarginals(width)`."""
+    from .trainers.objectives import AttentiveMarginals
+
+    with torch.device("meta"):
+        expected = {name: t.shape for name, t in AttentiveMarginals(width).state_dict().items()}
+    authors = {ours: theirs for theirs, ours in SCORER_NAMES.items()}
+
+    def theirs(name):
+        module, rest = name.split(".", 1)
+        return f"{authors[module]}.{rest}"
+
+    missing = sorted(theirs(name) for name in expected.keys() - scorers.keys())
+    unexpected = sorted(theirs(name) for name in scorers.keys() - expected.keys())
+    wrong = sorted(f"{theirs(name)} {list(scorers[name].shape)} (expected {list(expected[name])})"
+                   for name in expected.keys() & scorers.keys() if scorers[name].shape != expected[name])
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"audio_backbone's attentive-OT scorers do not have the expected layout (two MultiheadAttention({width}, "
+            f"heads) `audio_scorer` / `image_scorer` and Linear({width}, {width}) `a_q` ... `i_v`): missing "
+            f"{missing}, unexpected {unexpected}, wrong shapes {wrong}. Convert a checkpoint of the DALI release, or "
+            "remove the scorer keys to convert the captioner without them."
+        )
 
 
 def convert_official(
@@ -160,6 +200,7 @@ def convert_official(
     prefix: str | os.PathLike | Mapping | None = None,
     audio_config: CavMaeAudioConfig | None = None,
     processor: LlavaAudioProcessor | None = None,
+    shared_projector: bool = True,
     **kwargs,
 ) -> LlavaAudioForConditionalGeneration:
     """Build the DALI captioner from the authors' release around a llava-hf LLaVA-1.5.
@@ -179,11 +220,15 @@ def convert_official(
             heads cannot be read from the weights).
         processor: the [`LlavaAudioProcessor`] whose `<audio>` / `<prefix>` ids the model uses. Needed when
             `llava` is a model object; for a path the ids are those `LlavaAudioProcessor.from_llava` assigns.
+        shared_projector: `config.shared_projector`; True (default) sends images through the release's projector
+            too, as the authors' code does with its single projector.
         **kwargs: passed to [`LlavaAudioForConditionalGeneration.from_llava`] (`dtype`, `revision`...).
     """
     audio_config = audio_config or CavMaeAudioConfig()
     weights = split_official_state_dict(load_official_state_dict(audio_backbone), audio_config)
-    return _assemble(weights, _read_stage_files(projector, prefix), llava, audio_config, processor, **kwargs)
+    model = _assemble(weights, _read_stage_files(projector, prefix), llava, audio_config, processor, **kwargs)
+    model.config.shared_projector = shared_projector
+    return model
 
 
 def convert_official_to_folder(
@@ -194,12 +239,20 @@ def convert_official_to_folder(
     prefix: str | os.PathLike | Mapping | None = None,
     audio_config: CavMaeAudioConfig | None = None,
     processor: LlavaAudioProcessor | None = None,
+    prompt_preset: str = "reference",
+    shared_projector: bool = True,
+    channel_policy: str = "first",
     **kwargs,
 ) -> LlavaAudioForConditionalGeneration:
-    """[`convert_official`], then write the model folder: the LlavaAudio checkpoint, its processor (the given
-    one or, for a `llava` path that has one, `LlavaAudioProcessor.from_llava(llava,
+    """[`convert_official`], then write the model folder: the LlavaAudio checkpoint, its processor (a copy of the
+    given one or, for a `llava` path that has one, `LlavaAudioProcessor.from_llava(llava,
     CavMaeFeatureExtractor())`) and the attentive-OT scorers in `attentive_ot_scorers.safetensors` (when the
-    checkpoint has them), where the alignment trainer finds them. Returns the model."""
+    checkpoint has them), where the alignment trainer finds them. Returns the model.
+
+    By default the folder reproduces the authors' code end to end: the processor's `prompt_preset` is
+    "reference" (their system texts), `config.shared_projector` is True (images through the release's projector)
+    and the feature extractor's `channel_policy` is "first" (the first channel of multichannel audio). Pass
+    "llava", False and "mean" for this package's own choices."""
     audio_config = audio_config or CavMaeAudioConfig()
     weights = split_official_state_dict(load_official_state_dict(audio_backbone), audio_config)
     stage = _read_stage_files(projector, prefix)
@@ -213,7 +266,10 @@ def convert_official_to_folder(
             )
         except OSError as error:  # a LLaVA folder without processor files
             logger.warning("No processor written: cannot load LLaVA's processor from %s (%s)", llava, error)
+    if processor is not None:
+        processor = _with_reference_settings(processor, prompt_preset, channel_policy)
     model = _assemble(weights, stage, llava, audio_config, processor, **kwargs)
+    model.config.shared_projector = shared_projector
 
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
@@ -226,6 +282,18 @@ def convert_official_to_folder(
     else:
         logger.warning("audio_backbone has no attentive-OT scorers: %s not written", SCORERS_NAME)
     return model
+
+
+def _with_reference_settings(processor, prompt_preset: str, channel_policy: str):
+    """A copy of `processor` with the given prompt preset and, for a CAV-MAE feature extractor, channel policy."""
+    processor = copy.deepcopy(processor)
+    processor.prompt_preset = prompt_preset
+    processor.caption_prompt(prompt_preset=prompt_preset)  # an unknown preset fails here, before any file is written
+    if channel_policy not in CHANNEL_POLICIES:
+        raise ValueError(f"channel_policy must be one of {CHANNEL_POLICIES}, got {channel_policy!r}")
+    if isinstance(processor.feature_extractor, CavMaeFeatureExtractor):
+        processor.feature_extractor.channel_policy = channel_policy
+    return processor
 
 
 def _read_stage_files(projector, prefix) -> dict[str, torch.Tensor]:
@@ -313,6 +381,18 @@ def add_convert_subcommand(subparsers) -> argparse.ArgumentParser:
         "--audio-config", help="JSON file of CavMaeAudioConfig fields, for a checkpoint of another size"
     )
     parser.add_argument(
+        "--prompt-preset", default="reference", choices=["reference", "llava"],
+        help="system texts of the prompts (processor prompt_preset): the authors' (default) or none",
+    )
+    parser.add_argument(
+        "--shared-projector", default=True, action=argparse.BooleanOptionalAction,
+        help="images through the release's projector too, as in the authors' code (config shared_projector)",
+    )
+    parser.add_argument(
+        "--channel-policy", default="first", choices=["first", "mean"],
+        help="multichannel audio: the first channel, as the authors' code (default), or the channels' mean",
+    )
+    parser.add_argument(
         "--dtype",
         default="auto",
         choices=["auto", "float32", "float16", "bfloat16"],
@@ -334,6 +414,9 @@ def run_convert_official(args: argparse.Namespace) -> None:
         projector=args.projector,
         prefix=args.prefix,
         audio_config=audio_config,
+        prompt_preset=args.prompt_preset,
+        shared_projector=args.shared_projector,
+        channel_policy=args.channel_policy,
         dtype=args.dtype if args.dtype == "auto" else getattr(torch, args.dtype),
     )
     print(f"wrote {args.output_dir}")

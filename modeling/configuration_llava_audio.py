@@ -31,6 +31,10 @@ class LlavaAudioConfig(PreTrainedConfig):
         (see [`audio_token_count`]).
     base_model (`str`, *optional*):
         The LLaVA checkpoint the captioner was built from (model cards name it).
+    shared_projector (`bool`, *optional*, defaults to `False`):
+        Send the image tokens through `audio_multi_modal_projector` too, as the DALI authors' code does with its one
+        projector (after stage 2, images then go through the distilled projector). Off: images go through LLaVA's
+        own projector, so image captioning stays exactly LLaVA's.
     training_stages (`list[dict]`, *optional*):
         What trained this checkpoint: one record per DALI stage (name, objective, hyper-parameters), written by the
         trainers, read by the model card.
@@ -73,6 +77,7 @@ class LlavaAudioConfig(PreTrainedConfig):
     multimodal_projector_bias: bool = True
     tie_word_embeddings: bool = False
     base_model: str | None = None
+    shared_projector: bool = False
     training_stages: list[dict] | None = None
 
     def __post_init__(self, **kwargs):

@@ -11,6 +11,7 @@ from .audio_decoding import as_array, pcm_to_float
 
 __all__ = ["CavMaeFeatureExtractor"]
 
+CHANNEL_POLICIES = ("mean", "first")
 MAX_CHANNELS = 8  # the short axis of a 2-D clip is its channel axis when it is at most this long
 WINDOW_SECONDS = 0.025  # Kaldi's default frame length, used by the reference code
 
@@ -23,8 +24,8 @@ class CavMaeFeatureExtractor(SequenceFeatureExtractor):
     normalisation `(fbank - norm_mean) / norm_std`. As in the reference, padding frames are zeros *before*
     normalisation.
 
-    Input clips may be mono or multichannel and at any sampling rate: multichannel clips are averaged over
-    channels, then resampled to `sampling_rate` with `torchaudio.functional.resample`. Integer PCM is scaled to
+    Input clips may be mono or multichannel and at any sampling rate: multichannel clips are reduced to
+    one channel as `channel_policy` says, then resampled to `sampling_rate` with `torchaudio.functional.resample`. Integer PCM is scaled to
     [-1, 1] as soundfile reads files (int16 / 32768, ...). A clip shorter than one 25 ms window is zero-padded to
     one window (one frame).
 
@@ -43,6 +44,9 @@ class CavMaeFeatureExtractor(SequenceFeatureExtractor):
             Values per input sample after downmixing (mono), as in `ASTFeatureExtractor`.
         padding_value (`float`, *optional*, defaults to 0.0):
             Filterbank value of padding frames, before normalisation.
+        channel_policy (`str`, *optional*, defaults to `"mean"`):
+            How a multichannel clip becomes mono: `"mean"` averages the channels, `"first"` keeps the first one, as
+            the DALI authors' code does (its Kaldi fbank reads channel 0).
     """
 
     model_input_names = ["input_features", "input_features_mask"]
@@ -56,8 +60,11 @@ class CavMaeFeatureExtractor(SequenceFeatureExtractor):
         norm_std: float = 4.4849,
         feature_size: int = 1,
         padding_value: float = 0.0,
+        channel_policy: str = "mean",
         **kwargs,
     ):
+        if channel_policy not in CHANNEL_POLICIES:
+            raise ValueError(f"channel_policy must be one of {CHANNEL_POLICIES}, got {channel_policy!r}")
         super().__init__(
             feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs
         )
@@ -65,6 +72,7 @@ class CavMaeFeatureExtractor(SequenceFeatureExtractor):
         self.target_length = target_length
         self.norm_mean = norm_mean
         self.norm_std = norm_std
+        self.channel_policy = channel_policy
 
     def __call__(
         self,
@@ -116,7 +124,7 @@ class CavMaeFeatureExtractor(SequenceFeatureExtractor):
             raise ValueError(
                 f"Audio clip {index} holds non-finite samples (NaN or inf): decode or clean the audio first."
             )
-        waveform = _downmix(waveform.to(torch.float32), index)
+        waveform = _downmix(waveform.to(torch.float32), index, self.channel_policy)
         if sampling_rate != self.sampling_rate:
             waveform = torchaudio.functional.resample(waveform, sampling_rate, self.sampling_rate)
         # a clip shorter than one analysis window gives no frame: zero-pad it to one (after mean removal), as
@@ -145,8 +153,8 @@ def _is_batch(raw_audio) -> bool:
     return isinstance(raw_audio, (list, tuple)) and not all(isinstance(x, numbers.Real) for x in raw_audio)
 
 
-def _downmix(waveform: torch.Tensor, index: int) -> torch.Tensor:
-    """A 1-D clip as it is; a 2-D clip averaged over its channel axis, the shorter one."""
+def _downmix(waveform: torch.Tensor, index: int, channel_policy: str = "mean") -> torch.Tensor:
+    """A 1-D clip as it is; a 2-D clip averaged over its channel axis, the shorter one (or its first channel)."""
     if waveform.dim() == 2:
         channel_axis = int(waveform.shape[1] < waveform.shape[0])
         if waveform.shape[channel_axis] > MAX_CHANNELS:
@@ -155,7 +163,7 @@ def _downmix(waveform: torch.Tensor, index: int) -> torch.Tensor:
                 f"multichannel clip, but neither axis is a channel axis (at most {MAX_CHANNELS} channels). "
                 "Pass a batch as a list of clips, not as a 2-D array."
             )
-        waveform = waveform.mean(dim=channel_axis)
+        waveform = waveform.select(channel_axis, 0) if channel_policy == "first" else waveform.mean(dim=channel_axis)
     if waveform.dim() != 1:
         raise ValueError(
             f"Audio clip {index} has shape {list(waveform.shape)}: expected [samples], [channels, samples] "

@@ -182,10 +182,11 @@ class LlavaAudioModel(LlavaAudioTokensMixin, LlavaAudioPreTrainedModel):
     ) -> BaseModelOutputWithPooling:
         """LLaVA's image features, as `LlavaModel.get_image_features` returns them: the vision tower's output whose
         `pooler_output` is one [image tokens, text hidden size] tensor per image (the image tokens through
-        `multi_modal_projector`), with the tower's hidden states and attentions when asked for."""
+        `multi_modal_projector`, or `audio_multi_modal_projector` with `config.shared_projector`), with the tower's hidden states and attentions when asked for."""
         image_outputs = self.vision_tower(pixel_values, return_dict=True, **kwargs)
         image_tokens = _select_image_tokens(image_outputs, vision_feature_layer, vision_feature_select_strategy)
-        image_outputs.pooler_output = list(self.multi_modal_projector(image_tokens))
+        projector = self.audio_multi_modal_projector if self.config.shared_projector else self.multi_modal_projector
+        image_outputs.pooler_output = list(projector(image_tokens))
         return image_outputs
 
     @can_return_tuple

@@ -66,7 +66,8 @@ class AudioCaptioningPipeline(ChunkPipeline):
 
     Call arguments: `mode` ("audio", "audiovisual", "image"), `images` (one per input; for audiovisual mode with a
     video file, a frame of the video is used when no image is given: `frame` = "middle" (default), "first", or
-    seconds), `sampling_rate` (for raw samples), `prompt`, `chunk_length_s` (default: the audio encoder's input
+    seconds), `sampling_rate` (for raw samples), `prompt`, `prompt_preset`
+    (system texts, default: the processor's; see `LlavaAudioProcessor.caption_prompt`), `chunk_length_s` (default: the audio encoder's input
     length) and `stride_length_s` (overlap of consecutive windows) for long audio, `long_audio` ("chunks": one
     caption per window, `[{"chunks": [{"caption", "timestamp"}, ...]}]`; "first_window": `[{"caption"}]` of the
     first window only), `silence_threshold_db` (peak level in dBFS at or below which a window is "silence", default
@@ -107,12 +108,13 @@ class AudioCaptioningPipeline(ChunkPipeline):
         outputs = super().__call__(requests, **kwargs)
         return outputs[0] if single else outputs
 
-    def _sanitize_parameters(self, mode=None, frame=None, prompt=None, sampling_rate=None, chunk_length_s=None,
-                             stride_length_s=None, long_audio=None, silence_threshold_db=_NOT_GIVEN, preset=None,
-                             max_new_tokens=None, generate_kwargs=None, **kwargs):
-        preprocess = {k: v for k, v in dict(mode=mode, frame=frame, prompt=prompt, sampling_rate=sampling_rate,
-                                             chunk_length_s=chunk_length_s, stride_length_s=stride_length_s,
-                                             long_audio=long_audio).items()
+    def _sanitize_parameters(self, mode=None, frame=None, prompt=None, prompt_preset=None, sampling_rate=None,
+                             chunk_length_s=None, stride_length_s=None, long_audio=None,
+                             silence_threshold_db=_NOT_GIVEN, preset=None, max_new_tokens=None, generate_kwargs=None,
+                             **kwargs):
+        preprocess = {k: v for k, v in dict(mode=mode, frame=frame, prompt=prompt, prompt_preset=prompt_preset,
+                                             sampling_rate=sampling_rate, chunk_length_s=chunk_length_s,
+                                             stride_length_s=stride_length_s, long_audio=long_audio).items()
                       if v is not None}
         if silence_threshold_db is not _NOT_GIVEN:  # None is a value: no silence check
             preprocess["silence_threshold_db"] = silence_threshold_db
@@ -135,14 +137,14 @@ class AudioCaptioningPipeline(ChunkPipeline):
 
     # ---- preprocess: one request -> one model input per audio window ------------------------------------------
 
-    def preprocess(self, request: CaptionRequest, mode="audio", frame="middle", prompt=None, sampling_rate=None,
-                   chunk_length_s=None, stride_length_s=0.0, long_audio="chunks",
+    def preprocess(self, request: CaptionRequest, mode="audio", frame="middle", prompt=None, prompt_preset=None,
+                   sampling_rate=None, chunk_length_s=None, stride_length_s=0.0, long_audio="chunks",
                    silence_threshold_db=DEFAULT_SILENCE_THRESHOLD_DB):
         processor = self.processor
         if mode == "image":
             image = _load_image(request.image, frame)
-            inputs = processor(text=processor.caption_prompt(image=True, prompt=prompt), images=image,
-                               return_tensors="pt")
+            text = processor.caption_prompt(image=True, prompt=prompt, prompt_preset=prompt_preset)
+            inputs = processor(text=text, images=image, return_tensors="pt")
             yield {**inputs, "is_last": True, "timestamp": None, "silent": False}
             return
 
@@ -155,7 +157,8 @@ class AudioCaptioningPipeline(ChunkPipeline):
                     "is then used"
                 )
             image = _load_image(request.image if request.image is not None else request.audio, frame)
-        text = processor.caption_prompt(image=image is not None, audio=True, prefix=image is not None, prompt=prompt)
+        text = processor.caption_prompt(image=image is not None, audio=True, prefix=image is not None, prompt=prompt,
+                                        prompt_preset=prompt_preset)
         target_rate = processor.feature_extractor.sampling_rate
         window = _window_seconds(processor.feature_extractor)
         length = chunk_length_s or window

@@ -7,11 +7,24 @@ from transformers.feature_extraction_utils import BatchFeature
 
 from .configuration_llava_audio import audio_token_count
 
-__all__ = ["LlavaAudioProcessor", "placeholder_token_ids", "CHAT_TEMPLATE", "DEFAULT_PROMPT"]
+__all__ = ["LlavaAudioProcessor", "placeholder_token_ids", "CHAT_TEMPLATE", "DEFAULT_PROMPT", "PROMPT_PRESETS"]
 
 AUDIO_TOKEN = "<audio>"
 PREFIX_TOKEN = "<prefix>"
 DEFAULT_PROMPT = "Describe the sound that can be heard in this scene."  # the reference code's prompt
+
+# System texts put before "USER:", per preset, for inference (captioning, pseudo-captions) and for training (prefix
+# tuning, distillation). "llava": none, llava-hf's prompt. "reference": those of the DALI authors' code, Vicuna's
+# texts of its `llava_v1` (inference) and `vicuna_v1` (training) conversation templates.
+PROMPT_PRESETS = {
+    "llava": {"inference": None, "training": None},
+    "reference": {
+        "inference": "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+                     "helpful, detailed, and polite answers to the human's questions.",
+        "training": "A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+                    "helpful, detailed, and polite answers to the user's questions.",
+    },
+}
 
 # LLaVA-1.5's `llava_v1` template as llava-hf writes it, with audio and prefix placeholders right after the image
 # (in DALI the prefix sits right after the modality tokens, before the prompt text). Image-only prompts are
@@ -61,6 +74,8 @@ class LlavaAudioProcessor(ProcessorMixin):
         num_audio_tokens: audio encoder tokens per clip.
         num_prefix_tokens: learned prefix length.
         default_prompt: the instruction [`caption_prompt`] uses.
+        prompt_preset: the system texts [`caption_prompt`] uses, a key of [`PROMPT_PRESETS`]: "llava" (none) or
+            "reference" (those of the DALI authors' code, which their released checkpoints were trained with).
     """
 
     def __init__(
@@ -78,8 +93,11 @@ class LlavaAudioProcessor(ProcessorMixin):
         audio_token=AUDIO_TOKEN,
         prefix_token=PREFIX_TOKEN,
         default_prompt=DEFAULT_PROMPT,
+        prompt_preset="llava",
         **kwargs,
     ):
+        _check_preset(prompt_preset)
+        self.prompt_preset = prompt_preset
         self.patch_size = patch_size
         self.vision_feature_select_strategy = vision_feature_select_strategy
         self.num_additional_image_tokens = num_additional_image_tokens
@@ -185,13 +203,28 @@ class LlavaAudioProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "pixel_values", "input_features", "input_features_mask"]
 
     def caption_prompt(
-        self, image: bool = False, audio: bool = False, prefix: bool = False, prompt: str | None = None
+        self, image: bool = False, audio: bool = False, prefix: bool = False, prompt: str | None = None,
+        prompt_preset: str | None = None, training: bool = False,
     ) -> str:
         """The single-turn prompt for captioning with the given inputs, e.g. for image + audio + prefix:
-        "USER: <image><audio><prefix>\\nDescribe the sound that can be heard in this scene. ASSISTANT:"."""
+        "USER: <image><audio><prefix>\\nDescribe the sound that can be heard in this scene. ASSISTANT:".
+
+        `prompt_preset` (default: the processor's) puts its system text first, the training one when `training`
+        (prefix tuning, distillation), e.g. with "reference": "A chat between a curious human ... questions. USER:
+        ..."."""
+        preset = _check_preset(prompt_preset or self.prompt_preset)
+        system = PROMPT_PRESETS[preset]["training" if training else "inference"]
         content = [{"type": kind} for kind, used in (("image", image), ("audio", audio), ("prefix", prefix)) if used]
         content.append({"type": "text", "text": prompt or self.default_prompt})
-        return self.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": content})
+        return self.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def _check_preset(preset: str) -> str:
+    if preset not in PROMPT_PRESETS:
+        raise ValueError(f"prompt_preset must be one of {sorted(PROMPT_PRESETS)}, got {preset!r}")
+    return preset
 
 
 def placeholder_token_ids(tokenizer) -> tuple[int, int]:

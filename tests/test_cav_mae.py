@@ -272,7 +272,14 @@ def test_convert_official_to_folder(release, llava_parts, tmp_path):
 
     written = load_file(out / SCORERS_NAME)
     assert written.keys() == scorers.keys()
-    assert all(torch.equal(written[name], tensor) for name, tensor in scorers.items())
+    swapped = {"audio_scorer": "image_scorer", "image_scorer": "audio_scorer"}  # the authors' names are swapped
+    for name, tensor in scorers.items():
+        module, rest = name.split(".", 1)
+        assert torch.equal(written[f"{swapped.get(module, module)}.{rest}"], tensor), name
+    # by default the folder reproduces the authors' code: their prompts, one projector, the first channel
+    processor = AutoProcessor.from_pretrained(out)
+    assert processor.prompt_preset == "reference" and processor.feature_extractor.channel_policy == "first"
+    assert loaded.config.shared_projector is True
     assert type(AutoProcessor.from_pretrained(out).feature_extractor) is CavMaeFeatureExtractor
 
 
@@ -297,6 +304,11 @@ def test_convert_official_subcommand_from_llava_folder(release, llava_parts, tmp
             str(tmp_path / "audio_config.json"),
             "--output-dir",
             str(tmp_path / "out"),
+            "--prompt-preset",
+            "llava",
+            "--no-shared-projector",
+            "--channel-policy",
+            "mean",
         ]
     )
     args.func(args)
@@ -304,6 +316,8 @@ def test_convert_official_subcommand_from_llava_folder(release, llava_parts, tmp
     processor = AutoProcessor.from_pretrained(tmp_path / "out")
     model = AutoModel.from_pretrained(tmp_path / "out").eval()
     assert (processor.audio_token_id, processor.num_audio_tokens) == (model.config.audio_token_id, 8)
+    assert (processor.prompt_preset, processor.feature_extractor.channel_policy) == ("llava", "mean")
+    assert model.config.shared_projector is False
     inputs = processor(
         text=processor.caption_prompt(audio=True),
         audio=random_clip(9),
@@ -361,7 +375,8 @@ def test_conversion_errors_name_the_key(release, llava_parts):
 
     llava, llava_processor = llava_parts
     processor = _cav_processor(llava_processor, config)
-    narrow = backbone | {"proj.weight": torch.zeros(40, 32), "proj.bias": torch.zeros(40)}
+    without_scorers = {k: v for k, v in backbone.items() if k not in release[4]}  # scorers of width 32 would fail first
+    narrow = without_scorers | {"proj.weight": torch.zeros(40, 32), "proj.bias": torch.zeros(40)}
     with pytest.raises(
         ValueError, match=r"'proj.weight' has shape \[40, 32\] but model.audio_to_vision.weight"
     ):

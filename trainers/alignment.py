@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainingArguments
 
 from ..convert import SCORERS_NAME  # one name for the scorer file, written by the converter and the trainer
-from .collators import AlignmentCollator
+from .collators import AlignmentCollator, FeatureAugmentation
 from .lean import LlavaAudioAlignmentModel, load_alignment_model, load_alignment_weights
 from .objectives import (
     AttentiveMarginals,
@@ -32,6 +32,7 @@ __all__ = ["AlignmentConfig", "DistributionAlignmentTrainer", "SCORERS_NAME"]
 
 SCORER_OPTIMIZER_NAME = "scorer_optimizer.pt"
 OBJECTIVES = ("contrastive", "mmd", "ot", "attentive_ot")
+ATTENTIVE_OT_GRADIENTS = ("plan", "reference")
 TRAINABLE = {"all": ("audio_tower", "audio_to_vision"), "projection": ("audio_to_vision",)}
 
 
@@ -54,6 +55,18 @@ class AlignmentConfig(TrainingArguments):
     scorer_num_heads: int = field(default=8)
     scorer_temperature: float = field(default=20.0)
     scorer_uniform_mix: float = field(default=0.5)
+    attentive_ot_gradient: str = field(
+        default="plan", metadata={"help": "attentive OT, what reaches the audio encoder: 'plan' (the OT loss through "
+                                          "the transport plan, weights held constant) or 'reference' (the authors' "
+                                          "step: the OT loss through plan and weights, plus the scorer loss's "
+                                          "gradient, OT - lambda (H(alpha) + H(beta)))"})
+    augment: bool = field(
+        default=False, metadata={"help": "augment training features as the reference's alignment run does: "
+                                         "noise U(0,1) * r * augment_noise_scale (r ~ U(0,1) per clip), then a "
+                                         "random roll along time; never applied to evaluation batches"})
+    augment_noise_scale: float = field(default=0.1, metadata={"help": "largest noise amplitude (reference: 1/10)"})
+    augment_roll: bool = field(default=True, metadata={"help": "roll each clip along time by an integer in "
+                                                               "[-frames, frames) (reference: on)"})
     ot_overlap_chunks: int = field(
         default=1, metadata={"help": "exact OT: split each batch into this many chunks, so the CPU solves one chunk's "
                                      "OT problems while the accelerator runs the next chunk's forward pass (1 = off)"})
@@ -71,6 +84,11 @@ class AlignmentConfig(TrainingArguments):
             raise ValueError(f"solver must be 'exact' or 'sinkhorn', got {self.solver!r}")
         if self.train_audio_parameters not in TRAINABLE:
             raise ValueError(f"train_audio_parameters must be one of {sorted(TRAINABLE)}")
+        if self.attentive_ot_gradient not in ATTENTIVE_OT_GRADIENTS:
+            raise ValueError(f"attentive_ot_gradient must be one of {ATTENTIVE_OT_GRADIENTS}, "
+                             f"got {self.attentive_ot_gradient!r}")
+        if self.augment_noise_scale < 0:
+            raise ValueError(f"augment_noise_scale must be 0 or more, got {self.augment_noise_scale}")
         if self.ot_overlap_chunks < 1:
             raise ValueError(f"ot_overlap_chunks must be 1 (off) or more, got {self.ot_overlap_chunks}")
 
@@ -80,9 +98,14 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
 
     Objectives: contrastive (baseline), mmd, ot, attentive_ot. For attentive OT the scorers
     ([`AttentiveMarginals`]) have their own Adam optimiser and train on OT(A, I; alpha, beta) - lambda (H(alpha) +
-    H(beta)) with the audio tokens detached at their input, while the encoder trains on OT(A, I; alpha, beta) with
-    the weights as constants: one OT solve serves both (gradients: plan for A, dual potentials for the weights).
-    Evaluation and best-checkpoint selection use uniform weights. Checkpoints hold the scorers and their optimiser.
+    H(beta)). What the encoder gets is `args.attentive_ot_gradient`: "plan" (default), OT(A, I; alpha, beta) with
+    the weights as constants (the scorers see the audio tokens detached); "reference", the gradient of the authors'
+    step, which backpropagates the scorer loss and then the OT loss into the encoder, both through the weights too.
+    One OT solve serves all (gradients: plan for A, dual potentials for the weights). Evaluation and
+    best-checkpoint selection use uniform weights. Checkpoints hold the scorers and their optimiser.
+
+    With `args.augment`, training batches (never evaluation batches) get the reference's feature augmentation
+    ([`FeatureAugmentation`]), drawn from a generator seeded with `args.seed` and the process index.
 
     `model` may be a captioner folder or Hub id: it is then loaded without its language model
     ([`LlavaAudioAlignmentModel`]), and every folder the trainer saves is still a complete captioner. A whole
@@ -91,7 +114,8 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
 
     stage_name = "alignment"
     card_fields = ("objective", "solver", "epsilon", "lambda_values", "lambda_final", "uniform_epochs",
-                   "scorer_learning_rate", "train_audio_parameters", "adam_beta1", "weight_decay")
+                   "scorer_learning_rate", "attentive_ot_gradient", "augment", "train_audio_parameters",
+                   "adam_beta1", "weight_decay")
     load_model = staticmethod(load_alignment_model)  # how `run_training_stage` loads a folder for this stage
 
     def __init__(self, model=None, args: AlignmentConfig | None = None, data_collator=None,
@@ -119,6 +143,10 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
             self.scorers.to(args.device)
             self.scorer_optimizer = torch.optim.Adam(self.scorers.parameters(), lr=args.scorer_learning_rate,
                                                      betas=(args.adam_beta1, args.adam_beta2))
+        self.augmentation = None
+        if args.augment:
+            self.augmentation = FeatureAugmentation(args.augment_noise_scale, args.augment_roll,
+                                                    seed=args.seed + args.process_index)
 
     # ---- streamed data ---------------------------------------------------------------------------------------
 
@@ -163,6 +191,8 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         train = model.training
         lam = self.current_lambda() if (self.args.objective == "attentive_ot" and train) else None
+        if train and self.augmentation is not None:
+            inputs = self.augmentation.apply(inputs)
         # every chunk's forward pass is issued before any OT result is waited for: the CPU solves one chunk while
         # the device computes the next
         started = [self._start_objective(model, chunk, lam) for chunk in self._chunks(inputs)]
@@ -218,14 +248,26 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
                 return {"loss": losses, "ot": losses.detach()}
 
             return audio, image, finish
-        alpha, beta = self.scorers(audio.detach(), image)
-        pending = start_ot_loss(audio, image, alpha, beta, solver=args.solver, epsilon=args.epsilon)
+        if args.attentive_ot_gradient == "reference":
+            alpha, beta = self.scorers(audio, image)
+            # The authors' step backpropagates OT - lambda H (for the scorers), then OT, into the same encoder
+            # gradients: the encoder gets OT's gradient twice, through plan and weights, the scorers once. Here one
+            # solve does it: the tokens count twice in the cost and the weights reach the tokens a second time
+            # through the scorers with their parameters held constant (values unchanged).
+            frozen = {name: p.detach() for name, p in self.scorers.named_parameters()}
+            alpha_again, beta_again = torch.func.functional_call(self.scorers, frozen, (audio, image))
+            alpha_ot, beta_ot = _plus_gradient(alpha, alpha_again), _plus_gradient(beta, beta_again)
+            pending = start_ot_loss(_plus_gradient(audio, audio), image, alpha_ot, beta_ot, solver=args.solver,
+                                    epsilon=args.epsilon)
+        else:
+            alpha, beta = self.scorers(audio.detach(), image)
+            pending = start_ot_loss(audio, image, alpha, beta, solver=args.solver, epsilon=args.epsilon)
 
         def finish_attentive():
             ot = pending.result()
             h_audio, h_image = entropy(alpha), entropy(beta)
             scorer_only = -lam * (h_audio + h_image)
-            # value = OT; the entropy bonus only adds the scorers' gradient
+            # value = OT; the entropy bonus only adds its gradient
             return {"loss": ot + (scorer_only - scorer_only.detach()), "ot": ot.detach(),
                     "entropy_audio": h_audio.detach(), "entropy_image": h_image.detach()}
 
@@ -326,6 +368,11 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
         super().save_model(output_dir, _internal_call)
         if self.scorers is not None and self.args.should_save:
             save_file(self.scorers.state_dict(), os.path.join(output_dir or self.args.output_dir, SCORERS_NAME))
+
+
+def _plus_gradient(value: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+    """`value`, whose backward also sends the incoming gradient through `extra` (a tensor of equal value)."""
+    return value + (extra - extra.detach())
 
 
 def _is_streaming(dataset) -> bool:

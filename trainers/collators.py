@@ -8,7 +8,7 @@ from PIL import Image
 
 from ..audio_io import prepare_audio
 
-__all__ = ["AlignmentCollator", "CaptionCollator", "load_image"]
+__all__ = ["AlignmentCollator", "CaptionCollator", "FeatureAugmentation", "load_image"]
 
 
 def load_image(source, name: str = "image") -> Image.Image:
@@ -53,20 +53,55 @@ class AlignmentCollator:
         return batch
 
 
+class FeatureAugmentation:
+    """The reference alignment run's feature augmentation, on normalised features [B, frames, bins]: per clip,
+    `features + U(0, 1) * r * noise_scale` (one r ~ U(0, 1) per clip, fresh U(0, 1) per value), then, with `roll`, a
+    roll along time by an integer drawn from [-frames, frames) (the padding mask rolls with it). Draws come from
+    its own generator, seeded with `seed`, so a run is reproducible and no other random stream moves."""
+
+    def __init__(self, noise_scale: float = 0.1, roll: bool = True, seed: int = 0):
+        self.noise_scale, self.roll = noise_scale, roll
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, features: torch.Tensor, mask: torch.Tensor | None = None):
+        """Augmented copies of `features` [B, T, F] and `mask` [B, T] (None stays None)."""
+        batch, frames = features.shape[:2]
+        amplitude = torch.rand(batch, 1, 1, generator=self.generator) * self.noise_scale
+        noise = torch.rand(features.shape, generator=self.generator) * amplitude
+        features = features + noise.to(features.device, features.dtype)
+        if not self.roll:
+            return features, mask
+        shifts = torch.randint(-frames, frames, (batch,), generator=self.generator).tolist()
+        features = torch.stack([row.roll(shift, 0) for row, shift in zip(features, shifts, strict=True)])
+        if mask is not None:
+            mask = torch.stack([row.roll(shift, 0) for row, shift in zip(mask, shifts, strict=True)])
+        return features, mask
+
+    def apply(self, batch: dict) -> dict:
+        """`batch` with its `input_features` (and `input_features_mask`) augmented."""
+        features, mask = self(batch["input_features"], batch.get("input_features_mask"))
+        batch = dict(batch, input_features=features)
+        if mask is not None:
+            batch["input_features_mask"] = mask
+        return batch
+
+
 class CaptionCollator:
     """(inputs, caption) rows -> a language-modelling batch: the chat prompt for the chosen inputs, then the caption
     and EOS as the only labelled tokens (the prompt, the placeholders and the padding are -100).
 
     Prompt and caption are tokenised apart and joined as ids (as TRL does), so the label boundary never depends on
-    how the tokenizer would merge them; rows are padded on the right.
+    how the tokenizer would merge them; rows are padded on the right. The system text is the training one of
+    `prompt_preset` (default: the processor's), see `LlavaAudioProcessor.caption_prompt`.
     """
 
     def __init__(self, processor, image: bool = False, audio: bool = False, prefix: bool = False,
-                 prompt: str | None = None):
+                 prompt: str | None = None, prompt_preset: str | None = None):
         if not (image or audio):
             raise ValueError("CaptionCollator needs image=True and/or audio=True")
         self.processor, self.image, self.audio = processor, image, audio
-        self.prompt = processor.caption_prompt(image=image, audio=audio, prefix=prefix, prompt=prompt)
+        self.prompt = processor.caption_prompt(image=image, audio=audio, prefix=prefix, prompt=prompt,
+                                               prompt_preset=prompt_preset, training=True)
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         processor, tokenizer = self.processor, self.processor.tokenizer

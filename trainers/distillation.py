@@ -38,6 +38,8 @@ class DistillationConfig(TrainingArguments):
     """Defaults of the reference code: lr 2e-4, cosine, warmup 3%, 1 epoch (paper: batch 40)."""
 
     prompt: str | None = field(default=None, metadata={"help": "instruction; default: the processor's"})
+    prompt_preset: str | None = field(default=None, metadata={"help": "system texts: 'llava' (none) or 'reference' "
+                                                                      "(the authors'); default: the processor's"})
     use_prefix: bool = field(default=False, metadata={"help": "keep the learned prefix in the audio prompt"})
     learning_rate: float = field(default=2e-4)
     lr_scheduler_type: str = field(default="cosine")
@@ -61,7 +63,7 @@ class AudioVisualDistillationTrainer(CaptionStageTrainer):
 
     trained_part = "audio_multi_modal_projector"
     stage_name = "distillation"
-    card_fields = ("prompt", "use_prefix", "lora_r", "lr_scheduler_type", "warmup_ratio")
+    card_fields = ("prompt", "prompt_preset", "use_prefix", "lora_r", "lr_scheduler_type", "warmup_ratio")
 
     def __init__(self, model=None, args=None, **kwargs):
         super().__init__(model=model, args=args, **kwargs)
@@ -76,7 +78,7 @@ class AudioVisualDistillationTrainer(CaptionStageTrainer):
 
     def build_collator(self, processor, args):
         return CaptionCollator(processor, audio=True, prefix=getattr(args, "use_prefix", False),
-                               prompt=getattr(args, "prompt", None))
+                               prompt=getattr(args, "prompt", None), prompt_preset=getattr(args, "prompt_preset", None))
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         if not _internal_call and getattr(self.args, "lora_r", 0) > 0:
@@ -97,7 +99,8 @@ def merge_lora(module) -> None:
 
 @torch.no_grad()
 def generate_pseudo_captions(model, processor, dataset, output_dir: str, batch_size: int = 8,
-                             prompt: str | None = None, **generate_kwargs) -> datasets.Dataset:
+                             prompt: str | None = None, prompt_preset: str | None = None,
+                             **generate_kwargs) -> datasets.Dataset:
     """Caption every (audio, image) row of `dataset` from image + audio + prefix; returns a dataset (`id`,
     `caption`) saved under `output_dir/dataset`.
 
@@ -105,11 +108,12 @@ def generate_pseudo_captions(model, processor, dataset, output_dir: str, batch_s
     there (a line cut by a kill is dropped and redone). Rows whose audio or image cannot be read go to
     `skipped.jsonl` with the reason. Decoding defaults to greedy (reproducible); pass e.g. `do_sample=True,
     temperature=0.2, max_new_tokens=128` for the reference code's sampling. The settings are written to
-    `generation_settings.json`.
+    `generation_settings.json`. `prompt_preset` (default: the processor's) chooses the system text, see
+    `LlavaAudioProcessor.caption_prompt`.
     """
     os.makedirs(output_dir, exist_ok=True)
     settings = {"max_new_tokens": 128, "do_sample": False} | generate_kwargs
-    text = processor.caption_prompt(image=True, audio=True, prefix=True, prompt=prompt)
+    text = processor.caption_prompt(image=True, audio=True, prefix=True, prompt=prompt, prompt_preset=prompt_preset)
     recorded = {"model": str(model.name_or_path), "prompt": text, **settings}
     settings_path = os.path.join(output_dir, SETTINGS_FILE)
     captions_path = os.path.join(output_dir, PSEUDO_CAPTIONS_FILE)

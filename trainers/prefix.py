@@ -19,6 +19,8 @@ class PrefixTuningConfig(TrainingArguments):
     """Defaults of the reference code: lr 1e-3, cosine, warmup 3%, AdamW (paper: 500 epochs at batch 16)."""
 
     prompt: str | None = field(default=None, metadata={"help": "instruction; default: the processor's"})
+    prompt_preset: str | None = field(default=None, metadata={"help": "system texts: 'llava' (none) or 'reference' "
+                                                                      "(the authors'); default: the processor's"})
     learning_rate: float = field(default=1e-3)
     lr_scheduler_type: str = field(default="cosine")
     warmup_ratio: float = field(default=0.03)
@@ -30,7 +32,8 @@ class PrefixTuningTrainer(CaptionStageTrainer):
 
     trained_part = "prefix_embeddings"
     stage_name = "prefix"
-    card_fields = ("prompt", "lr_scheduler_type", "warmup_ratio")
+    card_fields = ("prompt", "prompt_preset", "lr_scheduler_type", "warmup_ratio")
 
     def build_collator(self, processor, args):
-        return CaptionCollator(processor, image=True, prefix=True, prompt=getattr(args, "prompt", None))
+        return CaptionCollator(processor, image=True, prefix=True, prompt=getattr(args, "prompt", None),
+                               prompt_preset=getattr(args, "prompt_preset", None))

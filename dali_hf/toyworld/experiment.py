@@ -236,7 +236,8 @@ def feature_dataset(processor, world: ToyWorld, scenes):
 
 
 def run_alignment(model_dir: Path, output_dir: Path, data, objective: str, solver: str, size: ExperimentSize,
-                  seed: int) -> None:
+                  seed: int, overrides: dict | None = None) -> None:
+    """Align with the demo's settings; `overrides` replaces any `AlignmentConfig` field (bench/parity_options.py)."""
     from ..recipe import run_training_stage
     from ..trainers import AlignmentConfig, DistributionAlignmentTrainer
 
@@ -250,7 +251,7 @@ def run_alignment(model_dir: Path, output_dir: Path, data, objective: str, solve
                                          learning_rate=1e-3, lambda_values=[500.0, 400.0, 300.0, 200.0],
                                          lambda_final=100.0,
                                          scorer_num_heads=4, scorer_learning_rate=1e-3, seed=seed,
-                                         lr_scheduler_type="constant"))
+                                         lr_scheduler_type="constant") | (overrides or {}))
     run_training_stage(DistributionAlignmentTrainer, args, str(model_dir), data, log=lambda *_: None)
 
 

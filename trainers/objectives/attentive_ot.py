@@ -18,8 +18,9 @@ __all__ = ["AttentiveMarginals", "entropy", "lambda_schedule"]
 class AttentiveMarginals(nn.Module):
     """The two cross-attention scorers that give the token weights (alpha, beta).
 
-    Parameter names follow the authors' checkpoint (`audio_scorer`, `image_scorer`, `a_q` ... `i_v`), so converted
-    scorer weights load as they are.
+    `audio_scorer` gives the audio token weights (alpha), `image_scorer` the image token weights (beta); `a_q` ...
+    `i_v` are the query / key / value pre-projections of each modality. The authors' checkpoint has the same modules
+    with the two scorer names swapped (their `image_scorer` gives alpha): `dali_hf.convert` renames them.
     """
 
     def __init__(self, dim: int, num_heads: int = 8, temperature: float = 20.0, uniform_mix: float = 0.5):
