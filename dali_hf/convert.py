@@ -1,4 +1,4 @@
-"""Conversion of the DALI authors' released checkpoints into a LlavaAudio model (METHOD.md, Appendix).
+"""Conversion of the DALI authors' released checkpoints into a LlavaAudio model.
 
 The release has `audio_backbone.pth` (the whole CAV-MAE, DataParallel-wrapped, with the audio-to-CLIP
 projection `proj` and the attentive-OT scorers) and the stage outputs `prefixMLP.bin` / `prefix.bin` (the

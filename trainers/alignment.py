@@ -38,7 +38,7 @@ TRAINABLE = {"all": ("audio_tower", "audio_to_vision"), "projection": ("audio_to
 
 @dataclass
 class AlignmentConfig(TrainingArguments):
-    """Training arguments of the alignment stage. Defaults follow the reference code (METHOD.md section 3):
+    """Training arguments of the alignment stage. Defaults follow the reference code (docs/method.md, section 3):
     Adam(0.95, 0.999), lr 1e-4, weight decay 5e-7; batch and epochs are the user's (paper: 256, 20)."""
 
     objective: str = field(default="attentive_ot", metadata={"help": f"one of {OBJECTIVES}"})

@@ -1,4 +1,4 @@
-"""Stage 2 of DALI: audiovisual distillation (METHOD.md section 5).
+"""Stage 2 of DALI: audiovisual distillation (docs/method.md, section 5).
 
 1. `generate_pseudo_captions`: caption (audio, frame) pairs from image + audio tokens + prefix, in batches, into a
    `datasets` dataset; resumable (a restart continues after the last written batch, no duplicates), and clips that

@@ -1,5 +1,5 @@
 """Stage 1a of DALI: prefix tuning. Only the 16 prefix embeddings train, with the language-model loss on the sound
-captions of a handful of (video frame, sound caption) pairs (METHOD.md section 2):
+captions of a handful of (video frame, sound caption) pairs (docs/method.md, section 2):
 
     L = - sum_n sum_j log p(C_j | image tokens, prefix, prompt, C_<j)
 """

@@ -1,4 +1,4 @@
-"""DALI_OT^Att: optimal transport with learned marginals (METHOD.md section 3).
+"""DALI_OT^Att: optimal transport with learned marginals (docs/method.md, section 3).
 
     alpha = softmax( mean_features( MHA(q = W^a_q x, k = W^i_k y, v = W^i_v y) ) / T )   over the N audio tokens
     beta  = softmax( mean_features( MHA(q = W^i_q y, k = W^a_k x, v = W^a_v x) ) / T )   over the M image tokens

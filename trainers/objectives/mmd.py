@@ -1,4 +1,4 @@
-"""DALI_MMD: squared maximum mean discrepancy, biased V-statistic, RBF kernel mixture (METHOD.md section 3).
+"""DALI_MMD: squared maximum mean discrepancy, biased V-statistic, RBF kernel mixture (docs/method.md, section 3).
 
     Z = [x; y],  D2_ij = |z_i - z_j|^2,  s = sum(D2) / (n^2 - n)  (n = N + M, no gradient through s)
     k(z, z') = sum_{m in {1/4, 1/2, 1, 2, 4}} exp(-D2 / (s m))

@@ -1,4 +1,4 @@
-"""DALI_OT: optimal transport between the two token sets, squared Euclidean cost (METHOD.md section 3).
+"""DALI_OT: optimal transport between the two token sets, squared Euclidean cost (docs/method.md, section 3).
 
     C_ij = |x_i - y_j|^2,   OT(x, y; a, b) = min_{P >= 0, P 1 = a, P^T 1 = b} <P, C>
 
