@@ -122,7 +122,10 @@ def worker_pool(workers: int):
                                    initializer=single_threaded)
     finally:
         for name, value in saved.items():
-            os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
 
 
 def _stepper(seed: int, live: bool):
