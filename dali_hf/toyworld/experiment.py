@@ -25,7 +25,7 @@ import torch
 from ..metrics import score
 from .world import AUDIBLE, ToyWorld, sources_named, vocabulary
 
-__all__ = ["ExperimentSize", "FULL", "SMALL", "run_experiment", "source_scores"]
+__all__ = ["ExperimentSize", "FULL", "SMALL", "run_experiment", "run_experiments", "source_scores"]
 
 OBJECTIVES = (("contrastive", "exact"), ("mmd", "exact"), ("ot", "exact"), ("ot", "sinkhorn"),
               ("attentive_ot", "exact"))
@@ -50,10 +50,99 @@ SMALL = ExperimentSize(captioner_scenes=1200, captioner_steps=500, align_pairs=8
                        distill_clips=0, test_clips=60, objectives=(("ot", "exact"),), distill=False)
 
 
-def run_experiment(out_dir: str, seed: int = 0, size: ExperimentSize = FULL, log=print) -> list[dict]:
-    """Run everything into `out_dir`; returns the results rows (also in results.json / results.md)."""
-    from transformers import AutoModel
+def run_experiment(out_dir: str, seed: int = 0, size: ExperimentSize = FULL, log=print, workers: int = 1
+                   ) -> list[dict]:
+    """Run everything into `out_dir`; returns the results rows (also in results.json / results.md).
 
+    The work runs in `workers` single-threaded processes (the captioner and prefix tuning first, then one objective
+    per process); the results do not depend on `workers`. `log=print` shows progress as it happens; any other
+    callable gets each stage's lines when that stage ends."""
+    return run_experiments({seed: out_dir}, size, log, workers)[seed]
+
+
+def run_experiments(out_dirs: dict[int, str], size: ExperimentSize = FULL, log=print, workers: int = 1
+                    ) -> dict[int, list[dict]]:
+    """Run one experiment per seed (world and training seed) into its folder, sharing `workers` processes."""
+    started = time.perf_counter()
+    live = log is print
+    with worker_pool(workers) as pool:
+        # every seed's shared stages are queued first; a seed's objectives follow as soon as its stages are done
+        prepared = {seed: pool.submit(prepare_experiment, str(out), seed, size, live) for seed, out in out_dirs.items()}
+        objectives = {}
+        for seed, future in prepared.items():
+            future.result()
+            objectives[seed] = [pool.submit(run_objective, str(out_dirs[seed]), seed, size, objective, solver, live)
+                                for objective, solver in size.objectives]
+        results = {}
+        for seed, futures in objectives.items():
+            rows, image_f1, messages = prepared[seed].result()
+            for objective_rows, objective_messages in (future.result() for future in futures):
+                rows += objective_rows
+                messages += objective_messages
+            if not live:
+                for message in messages:
+                    log(message)
+            results[seed] = _deduplicate_silence(rows)
+            write_results(Path(out_dirs[seed]), results[seed], seed, size, image_f1)
+    log(f"[{time.perf_counter() - started:6.1f}s] done: {len(out_dirs)} seed(s), {workers} worker process(es)")
+    return results
+
+
+# ---- processes: one thread each, so the numbers do not depend on the machine or its load ------------------------
+
+SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                     "OMP_DYNAMIC": "FALSE", "MKL_DYNAMIC": "FALSE"}
+
+
+def single_threaded() -> None:
+    """Pin this process (and the libraries it loads later) to one thread. Floating-point sums are split across
+    threads, so results depend on the thread count, which defaults to the machine's core count; one thread per
+    process also keeps the demo from fighting itself for cores (two threads on a busy 2-core machine ran the
+    captioner's training ~8x slower than one)."""
+    os.environ.update(SINGLE_THREAD_ENV)
+    torch.set_num_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set, or inter-op work already started in this process: nothing of ours runs there
+        pass
+
+
+def worker_pool(workers: int):
+    """`workers` fresh processes started with the single-thread environment in place before they import anything
+    (their BLAS reads it at load); even one worker is a separate process, so the caller's settings never matter."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    saved = {name: os.environ.get(name) for name in SINGLE_THREAD_ENV}
+    os.environ.update(SINGLE_THREAD_ENV)
+    try:
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=single_threaded)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
+
+
+def _stepper(seed: int, live: bool):
+    started, messages = time.perf_counter(), []
+
+    def step(message):
+        messages.append(f"[seed {seed} {time.perf_counter() - started:6.1f}s] {message}")
+        live and print(messages[-1], flush=True)
+
+    return step, messages
+
+
+# ---- the shared stages, then one task per objective ------------------------------------------------------------
+
+def prepare_experiment(out_dir: str, seed: int, size: ExperimentSize, live: bool = True):
+    """Stage 0 and 1a, the alignment features (saved for the objective tasks) and the rows without alignment;
+    returns (rows, image captioner's source F1, log lines)."""
     from .. import (
         CavMaeAudioConfig,
         CavMaeFeatureExtractor,
@@ -62,14 +151,11 @@ def run_experiment(out_dir: str, seed: int = 0, size: ExperimentSize = FULL, log
     )
     from ..tiny import tiny_llava, tiny_llava_processor, tiny_tokenizer
 
+    step, messages = _stepper(seed, live)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     world = ToyWorld(seed)
-    started = time.perf_counter()
-
-    def step(message):
-        log(f"[{time.perf_counter() - started:6.1f}s] {message}")
 
     # 0. the image captioner, trained on images only
     tokenizer, vocab_size = tiny_tokenizer(vocabulary())
@@ -93,40 +179,56 @@ def run_experiment(out_dir: str, seed: int = 0, size: ExperimentSize = FULL, log
 
     # 1a. prefix tuning
     step("stage 1a: prefix tuning on 16 (image, sound caption) pairs")
-    prefix_dir = out / "models" / "1a-prefix"
-    run_prefix_tuning(base, prefix_dir, world, seed)
+    run_prefix_tuning(base, out / "models" / "1a-prefix", world, seed)
 
-    # data for alignment, distillation and evaluation
-    align_data = feature_dataset(processor, world, world.scenes(size.align_pairs, "align"))
-    test_scenes = world.scenes(size.test_clips, "test")
+    feature_dataset(processor, world, world.scenes(size.align_pairs, "align")).save_to_disk(out / "align-features")
+    evaluate = _evaluator(processor, world, world.scenes(size.test_clips, "test"))
+    prefixed = _load(out / "models" / "1a-prefix")
+    rows = [evaluate(prefixed, "no_audio", "audiovisual", "aligned", use_audio=False),
+            evaluate(prefixed, "random", "audio", "aligned")]
+    return rows, image_f1, messages
+
+
+def run_objective(out_dir: str, seed: int, size: ExperimentSize, objective: str, solver: str, live: bool = True):
+    """Stage 1b with one objective, stage 2 from it and their evaluation rows; returns (rows, log lines). Starts from
+    the prepared folder and the seed alone, so any process gives the same rows."""
+    import datasets
+    from transformers import AutoProcessor
+
+    step, messages = _stepper(seed, live)
+    out = Path(out_dir)
+    torch.manual_seed(seed)
+    world = ToyWorld(seed)
+    processor = AutoProcessor.from_pretrained(out / "models" / "base")
+    align_data = datasets.load_from_disk(str(out / "align-features")).with_format("numpy")
+    evaluate = _evaluator(processor, world, world.scenes(size.test_clips, "test"))
+    name = objective if objective != "ot" else f"ot_{solver}"
     rows = []
-    evaluate = _evaluator(processor, world, test_scenes)
-    prefixed = AutoModel.from_pretrained(prefix_dir).eval()
-    rows.append(evaluate(prefixed, "no_audio", "audiovisual", "aligned", use_audio=False))
-    rows.append(evaluate(prefixed, "random", "audio", "aligned"))
 
-    for objective, solver in size.objectives:
-        name = objective if objective != "ot" else f"ot_{solver}"
-        step(f"stage 1b: alignment, {name}")
-        aligned_dir = out / "models" / f"1b-{name}"
-        run_alignment(prefix_dir, aligned_dir, align_data, objective, solver, size, seed)
-        aligned = AutoModel.from_pretrained(aligned_dir).eval()
+    step(f"stage 1b: alignment, {name}")
+    aligned_dir = out / "models" / f"1b-{name}"
+    run_alignment(out / "models" / "1a-prefix", aligned_dir, align_data, objective, solver, size, seed)
+    aligned = _load(aligned_dir)
+    for mode in ("audio", "audiovisual"):
+        rows.append(evaluate(aligned, name, mode, "aligned"))
+    if objective == "attentive_ot" or (objective, solver) == size.objectives[-1]:
+        rows.append(evaluate(aligned, "silence", "audio", "aligned", silence=True))
+    if size.distill and size.distill_clips:
+        step(f"stage 2: pseudo-captions and distillation, {name}")
+        distilled = run_distillation(aligned_dir, out / "models" / f"2-{name}", world, size, seed)
+        # the distilled audio projector was trained on "<audio> + instruction" without the prefix
+        # (DistillationConfig.use_prefix): its audio-only captions use that prompt
         for mode in ("audio", "audiovisual"):
-            rows.append(evaluate(aligned, name, mode, "aligned"))
-        if objective == "attentive_ot" or (objective, solver) == size.objectives[-1]:
-            rows.append(evaluate(aligned, "silence", "audio", "aligned", silence=True))
-        if size.distill and size.distill_clips:
-            step(f"stage 2: pseudo-captions and distillation, {name}")
-            distilled = run_distillation(aligned_dir, out / "models" / f"2-{name}", world, size, seed)
-            # the distilled audio projector was trained on "<audio> + instruction" without the prefix
-            # (DistillationConfig.use_prefix, METHOD.md section 5): its audio-only captions use that prompt
-            for mode in ("audio", "audiovisual"):
-                rows.append(evaluate(distilled, name, mode, "distilled", prefix=mode == "audiovisual"))
-        step(f"{name}: " + ", ".join(f"{r['mode']}/{r['stage']} F1 {r['source_f1']:.2f}"
-                                     for r in rows if r["objective"] == name))
-    rows = _deduplicate_silence(rows)
-    write_results(out, rows, seed, size, image_f1, time.perf_counter() - started)
-    return rows
+            rows.append(evaluate(distilled, name, mode, "distilled", prefix=mode == "audiovisual"))
+    step(f"{name}: " + ", ".join(f"{r['mode']}/{r['stage']} F1 {r['source_f1']:.2f}"
+                                 for r in rows if r["objective"] == name))
+    return rows, messages
+
+
+def _load(model_dir: Path):
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(model_dir).eval()
 
 
 # ---- stage 0: the captioner ------------------------------------------------------------------------------------
@@ -257,7 +359,7 @@ def run_alignment(model_dir: Path, output_dir: Path, data, objective: str, solve
 
 def run_distillation(aligned_dir: Path, output_dir: Path, world: ToyWorld, size: ExperimentSize, seed: int):
     import datasets
-    from transformers import AutoModel, AutoProcessor
+    from transformers import AutoProcessor
 
     from ..recipe import run_training_stage
     from ..trainers import (
@@ -275,7 +377,7 @@ def run_distillation(aligned_dir: Path, output_dir: Path, world: ToyWorld, size:
                                     "audio": {"array": datasets.List(datasets.Value("float32")),
                                               "sampling_rate": datasets.Value("int32")},
                                     "image": datasets.Image()}))
-    model = AutoModel.from_pretrained(aligned_dir).eval()
+    model = _load(aligned_dir)
     processor = AutoProcessor.from_pretrained(aligned_dir)
     captions = generate_pseudo_captions(model, processor, pairs, str(output_dir / "pseudo-captions"), batch_size=64,
                                         max_new_tokens=16)
@@ -283,7 +385,7 @@ def run_distillation(aligned_dir: Path, output_dir: Path, world: ToyWorld, size:
                                             num_train_epochs=2, seed=seed))
     run_training_stage(AudioVisualDistillationTrainer, args, str(aligned_dir), attach_captions(pairs, captions),
                        log=lambda *_: None)
-    return AutoModel.from_pretrained(output_dir).eval()
+    return _load(output_dir)
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------------
@@ -338,7 +440,7 @@ def _deduplicate_silence(rows):
     return [r for r in rows if r["objective"] != "silence"] + silence[-1:]
 
 
-def write_results(out: Path, rows: list[dict], seed: int, size: ExperimentSize, image_f1: float, seconds: float):
+def write_results(out: Path, rows: list[dict], seed: int, size: ExperimentSize, image_f1: float):
     chance = _chance_f1()
     table = [{k: v for k, v in r.items() if k != "examples"} for r in rows]
     (out / "results.json").write_text(json.dumps(table, indent=2))
@@ -346,7 +448,7 @@ def write_results(out: Path, rows: list[dict], seed: int, size: ExperimentSize, 
                                                    for r in rows}, indent=2))
     columns = ["source_f1", "source_precision", "source_recall", "bleu_4", "meteor", "rouge_l", "cider_d"]
     lines = [f"Toy world, seed {seed}, {size.align_pairs} alignment pairs x {size.align_epochs} epochs, "
-             f"{size.test_clips} held-out clips; {seconds / 60:.1f} min on this machine. Image captioner's source F1 "
+             f"{size.test_clips} held-out clips. Image captioner's source F1 "
              f"from images alone: {image_f1:.2f}; a caption naming one random sound source scores F1 ~{chance:.2f}.",
              "", "| objective | mode | stage | " + " | ".join(columns) + " |",
              "|---|---|---|" + "---|" * len(columns)]
