@@ -36,6 +36,14 @@ def build_captioner(llava_parts, kind: str):
     return model, processor
 
 
+def saved_captioner(llava_parts, kind: str, folder):
+    """`build_captioner`'s model and processor saved to `folder` (returned), as a user's captioner folder."""
+    model, processor = build_captioner(llava_parts, kind)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session", params=["ast", "whisper"])
 def captioner(request, llava_parts):
     """(LlavaAudio model, processor) around the tiny LLaVA, for each tested audio encoder."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from conftest import build_captioner
+from conftest import saved_captioner
 from dali_hf.modeling.pipeline_audio_captioning import CaptionRequest
 from transformers import pipeline
 
@@ -50,22 +50,14 @@ def run_cli(*args, cwd=None, timeout=600):
 @pytest.fixture(scope="module")
 def whisper_folder(tmp_path_factory, llava_parts):
     """A saved captioner whose encoder window is 1 s (tiny Whisper encoder)."""
-    model, processor = build_captioner(llava_parts, "whisper")
-    path = tmp_path_factory.mktemp("whisper-captioner")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return saved_captioner(llava_parts, "whisper", tmp_path_factory.mktemp("whisper-captioner"))
 
 
 @pytest.fixture(scope="module")
 def ast_folder(tmp_path_factory, llava_parts):
     """A saved captioner with an AST encoder (Kaldi filterbank, 0.64 s window), whose feature extractor asserts
     on audio shorter than one 25 ms frame."""
-    model, processor = build_captioner(llava_parts, "ast")
-    path = tmp_path_factory.mktemp("ast-captioner")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return saved_captioner(llava_parts, "ast", tmp_path_factory.mktemp("ast-captioner"))
 
 
 @pytest.fixture(scope="module")

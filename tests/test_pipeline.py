@@ -11,7 +11,7 @@ import pytest
 import soundfile
 import torch
 import torchaudio.functional as AF
-from conftest import build_captioner, random_image, run_without_dali_hf
+from conftest import random_image, run_without_dali_hf, saved_captioner
 from transformers import ASTConfig, ASTFeatureExtractor, pipeline
 
 from dali_hf import LlavaAudioForConditionalGeneration, LlavaAudioProcessor
@@ -29,11 +29,7 @@ def tone(seconds=0.5, rate=16000, frequency=440.0, channels=1, seed=0):
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, llava_parts):
-    model, processor = build_captioner(llava_parts, "whisper")  # 1-second windows
-    path = tmp_path_factory.mktemp("captioner")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return saved_captioner(llava_parts, "whisper", tmp_path_factory.mktemp("captioner"))  # 1-second windows
 
 
 @pytest.fixture(scope="module")
