@@ -252,11 +252,14 @@ class LlavaAudioModel(LlavaAudioTokensMixin, LlavaAudioPreTrainedModel):
         """The learned prefix written over every run of exactly `num_prefix_tokens` `<prefix>` placeholders (the
         processor writes one such run per `<prefix>`). Any other `<prefix>` id stays a plain token, as LLaVA leaves
         `<image>` ids alone when no image is given: decoding steps and generated ids never receive the prefix, even
-        when generating without a cache. Tensor operations only, so compiled decoding steps have no Python branch."""
+        when generating without a cache. Tensor operations only, so compiled decoding steps have no data-dependent
+        Python branch."""
+        size = self.config.num_prefix_tokens
+        if inputs_embeds.shape[1] == 1 and size > 1:  # a decoding step with a cache: no run can be placed or warned
+            return inputs_embeds                     # about (a shape, not data: no branch on values)
         mask = self.get_placeholder_mask(input_ids, prompt_embeds, self.config.prefix_token_id)[..., 0]
         position = _position_in_run(mask)
         run_length = position + _position_in_run(mask.flip(-1)).flip(-1) - 1
-        size = self.config.num_prefix_tokens
         if not is_torchdynamo_compiling() and (mask & (run_length > 1) & (run_length != size)).any():
             logger.warning_once(
                 f"A run of <prefix> placeholders (id {self.config.prefix_token_id}) is not {size} long "
