@@ -6,12 +6,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .modeling.audio_decoding import AudioInputError
+from .modeling.media import MEDIA_EXTENSIONS, AudioInputError
 
-__all__ = ["MEDIA_EXTENSIONS", "caption_files", "find_media"]
-
-MEDIA_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".mp4", ".mkv", ".webm", ".avi",
-                    ".mov", ".m4v")
+__all__ = ["caption_files", "find_media"]
 
 
 def find_media(paths: list[str], extensions: tuple[str, ...] = MEDIA_EXTENSIONS) -> list[str]:

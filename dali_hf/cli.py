@@ -29,7 +29,6 @@ TRAINING_STAGES = {
     "distill": ("AudioVisualDistillationTrainer", "DistillationConfig",
                 "stage 2: fine-tune the audio projector on pseudo-captions (--captions)"),
 }
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
 
 # ---- argument types: invalid values are argparse errors, at parse time --------------------------------------------
@@ -274,7 +273,8 @@ def _add_caption(subparsers) -> None:
 
 
 def _run_caption(args) -> None:
-    from .captioning import MEDIA_EXTENSIONS, caption_files, find_media
+    from .captioning import caption_files, find_media
+    from .modeling.media import IMAGE_EXTENSIONS, MEDIA_EXTENSIONS
 
     extensions = MEDIA_EXTENSIONS + IMAGE_EXTENSIONS if args.mode == "image" else MEDIA_EXTENSIONS
     for folder in (p for p in args.inputs if os.path.isdir(p)):

@@ -33,7 +33,7 @@ from .modeling import (
     LlavaAudioForConditionalGeneration,
     LlavaAudioProcessor,
 )
-from .modeling.feature_extraction_cav_mae import CHANNEL_POLICIES
+from .modeling.media import CHANNEL_POLICIES
 
 __all__ = [
     "SCORERS_NAME",

@@ -8,15 +8,13 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from PIL import Image
 
-from .audio_io import AudioInputError, prepare_audio
+from .modeling.media import VIDEO_EXTENSIONS, AudioInputError, frame_at, load_image, prepare_audio
 
-__all__ = ["VIDEO_EXTENSIONS", "PAIR_FEATURES", "cache_image_tokens", "pairs_from_videos", "frame_at"]
+__all__ = ["PAIR_FEATURES", "cache_image_tokens", "pairs_from_videos"]
 
 logger = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 PAIR_FEATURES = datasets.Features({
     "id": datasets.Value("string"),
     "audio": {"array": datasets.List(datasets.Value("float32")), "sampling_rate": datasets.Value("int32")},
@@ -24,33 +22,12 @@ PAIR_FEATURES = datasets.Features({
 })
 
 
-def frame_at(path: str, frame: str | float = "middle") -> Image.Image:
-    """One frame of a video: "middle", "first", a time in seconds (float) or a fraction of the duration
-    ("0.25" as a string)."""
-    from torchcodec.decoders import VideoDecoder
-
-    decoder = VideoDecoder(path)
-    duration = decoder.metadata.duration_seconds or 0.0
-    if frame == "middle":
-        seconds = duration / 2
-    elif frame == "first":
-        seconds = 0.0
-    elif isinstance(frame, str):
-        seconds = float(frame) * duration
-    else:
-        seconds = float(frame)
-    begin = decoder.metadata.begin_stream_seconds or 0.0
-    end = decoder.metadata.end_stream_seconds or duration
-    seconds = min(max(seconds, begin), max(begin, end - 1e-3))
-    data = decoder.get_frame_played_at(seconds).data  # [3, H, W] uint8
-    return Image.fromarray(data.permute(1, 2, 0).numpy())
-
-
 def pairs_from_videos(
     folder: str | os.PathLike, frame: str | float = "middle", sampling_rate: int = 16000,
     cache_dir: str | None = None,
 ) -> tuple[datasets.Dataset, list[dict]]:
-    """(audio, image) pairs from a folder of video files: the audio track (mono, `sampling_rate`) and one frame.
+    """(audio, image) pairs from a folder of video files: the audio track (mono, `sampling_rate`) and one frame
+    (`frame`: "middle", "first" or a time in seconds).
 
     Returns the dataset (written to the datasets cache as it goes, so large folders do not fill memory) and the
     list of skipped files, each {"path", "reason"}: unreadable videos are reported, never replaced.
@@ -88,8 +65,6 @@ def cache_image_tokens(model, processor, dataset: datasets.Dataset, batch_size: 
     clips and 550 GiB for the paper's 500k: worth it for small datasets and many epochs, not for AudioSet. The
     alignment collator and trainer use the column when it is there.
     """
-    from .trainers.collators import load_image
-
     model = model.eval()
     image_processor = processor.image_processor
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import datasets
 
-from .captioning import MEDIA_EXTENSIONS
+from .modeling.media import MEDIA_EXTENSIONS
 
 __all__ = ["LONG_CLIP_POLICIES", "read_audiocaps", "read_clotho", "read_hf_dataset", "evaluate_captioner",
            "metrics_to_compute"]

@@ -4,15 +4,12 @@ import numbers
 
 import numpy as np
 import torch
-import torchaudio
 from transformers import BatchFeature, SequenceFeatureExtractor
 
-from .audio_decoding import as_array, pcm_to_float
+from .media import as_array, channels_first, check_channel_policy, downmix, pcm_to_float
 
 __all__ = ["CavMaeFeatureExtractor"]
 
-CHANNEL_POLICIES = ("mean", "first")
-MAX_CHANNELS = 8  # the short axis of a 2-D clip is its channel axis when it is at most this long
 WINDOW_SECONDS = 0.025  # Kaldi's default frame length, used by the reference code
 
 
@@ -63,8 +60,7 @@ class CavMaeFeatureExtractor(SequenceFeatureExtractor):
         channel_policy: str = "mean",
         **kwargs,
     ):
-        if channel_policy not in CHANNEL_POLICIES:
-            raise ValueError(f"channel_policy must be one of {CHANNEL_POLICIES}, got {channel_policy!r}")
+        check_channel_policy(channel_policy)
         super().__init__(
             feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs
         )
@@ -116,15 +112,18 @@ class CavMaeFeatureExtractor(SequenceFeatureExtractor):
         )
 
     def _extract(self, clip, sampling_rate: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        import torchaudio  # here, so that loading the feature extractor needs torch only
+
         array = as_array(clip)
         if array.size == 0:
             raise ValueError(f"Audio clip {index} is empty: there is nothing to compute features from.")
-        waveform = torch.from_numpy(pcm_to_float(array, f"Audio clip {index}"))
-        if not torch.isfinite(waveform).all():
+        samples = pcm_to_float(array, f"Audio clip {index}")
+        if not np.isfinite(samples).all():
             raise ValueError(
                 f"Audio clip {index} holds non-finite samples (NaN or inf): decode or clean the audio first."
             )
-        waveform = _downmix(waveform.to(torch.float32), index, self.channel_policy)
+        mono = downmix(channels_first(samples, f"Audio clip {index}"), self.channel_policy)
+        waveform = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
         if sampling_rate != self.sampling_rate:
             waveform = torchaudio.functional.resample(waveform, sampling_rate, self.sampling_rate)
         # a clip shorter than one analysis window gives no frame: zero-pad it to one (after mean removal), as
@@ -151,22 +150,3 @@ class CavMaeFeatureExtractor(SequenceFeatureExtractor):
 
 def _is_batch(raw_audio) -> bool:
     return isinstance(raw_audio, (list, tuple)) and not all(isinstance(x, numbers.Real) for x in raw_audio)
-
-
-def _downmix(waveform: torch.Tensor, index: int, channel_policy: str = "mean") -> torch.Tensor:
-    """A 1-D clip as it is; a 2-D clip averaged over its channel axis, the shorter one (or its first channel)."""
-    if waveform.dim() == 2:
-        channel_axis = int(waveform.shape[1] < waveform.shape[0])
-        if waveform.shape[channel_axis] > MAX_CHANNELS:
-            raise ValueError(
-                f"Audio clip {index} is a 2-D array of shape {list(waveform.shape)}, read as one "
-                f"multichannel clip, but neither axis is a channel axis (at most {MAX_CHANNELS} channels). "
-                "Pass a batch as a list of clips, not as a 2-D array."
-            )
-        waveform = waveform.select(channel_axis, 0) if channel_policy == "first" else waveform.mean(dim=channel_axis)
-    if waveform.dim() != 1:
-        raise ValueError(
-            f"Audio clip {index} has shape {list(waveform.shape)}: expected [samples], [channels, samples] "
-            "or [samples, channels]."
-        )
-    return waveform

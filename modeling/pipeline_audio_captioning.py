@@ -30,7 +30,7 @@ from transformers.pipelines.base import ChunkPipeline
 from transformers.pipelines.pt_utils import PipelineChunkIterator, PipelineIterator, PipelinePackIterator
 from transformers.utils import logging
 
-from .audio_decoding import AudioSource, TruncatedAudioError, to_mono_rate
+from .media import AudioSource, TruncatedAudioError, frame_seconds, is_video, load_image, to_mono_rate
 
 logger = logging.get_logger(__name__)
 
@@ -46,7 +46,6 @@ MODES = ("audio", "audiovisual", "image")
 LONG_AUDIO_POLICIES = ("chunks", "first_window")
 SILENCE_CAPTION = "silence"
 DEFAULT_SILENCE_THRESHOLD_DB = -60.0
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 FRAME_SECONDS = 0.025  # one analysis frame of the filterbank encoders: shorter audio gives no frame
 _NOT_GIVEN = object()
 
@@ -118,6 +117,8 @@ class AudioCaptioningPipeline(ChunkPipeline):
                       if v is not None}
         if silence_threshold_db is not _NOT_GIVEN:  # None is a value: no silence check
             preprocess["silence_threshold_db"] = silence_threshold_db
+        if frame is not None:
+            frame_seconds(frame, 0.0)  # a frame name or time that no video could give is an error before decoding
         if mode is not None and mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if long_audio is not None and long_audio not in LONG_AUDIO_POLICIES:
@@ -142,7 +143,7 @@ class AudioCaptioningPipeline(ChunkPipeline):
                    silence_threshold_db=DEFAULT_SILENCE_THRESHOLD_DB):
         processor = self.processor
         if mode == "image":
-            image = _load_image(request.image, frame)
+            image = load_image(request.image, name=request.name or "image", frame=frame)
             text = processor.caption_prompt(image=True, prompt=prompt, prompt_preset=prompt_preset)
             inputs = processor(text=text, images=image, return_tensors="pt")
             yield {**inputs, "is_last": True, "timestamp": None, "silent": False}
@@ -151,15 +152,17 @@ class AudioCaptioningPipeline(ChunkPipeline):
         source = AudioSource(request.audio, sampling_rate=sampling_rate, name=request.name)
         image = None
         if mode == "audiovisual":
-            if request.image is None and not _is_video(request.audio):
+            if request.image is None and not is_video(request.audio):
                 raise ValueError(
                     "audiovisual mode needs an image: pass images=... (one per input) or a video file, whose frame "
                     "is then used"
                 )
-            image = _load_image(request.image if request.image is not None else request.audio, frame)
+            image = load_image(request.image if request.image is not None else request.audio,
+                               name=request.name or "image", frame=frame)
         text = processor.caption_prompt(image=image is not None, audio=True, prefix=image is not None, prompt=prompt,
                                         prompt_preset=prompt_preset)
         target_rate = processor.feature_extractor.sampling_rate
+        channel_policy = getattr(processor.feature_extractor, "channel_policy", "mean")
         window = _window_seconds(processor.feature_extractor)
         length = chunk_length_s or window
         if length > window + 1e-6:
@@ -173,7 +176,8 @@ class AudioCaptioningPipeline(ChunkPipeline):
             windows = source.windows(length, stride_length_s)
         chunked = len(windows) > 1
         for (start, end), native, is_last in _read_windows(source, windows):
-            samples = _pad_to_one_frame(to_mono_rate(native, source.sampling_rate, target_rate), target_rate)
+            mono = to_mono_rate(native, source.sampling_rate, target_rate, channel_policy)
+            samples = _pad_to_one_frame(mono, target_rate)
             inputs = processor(text=text, audio=samples, images=image, sampling_rate=target_rate,
                                return_tensors="pt")
             yield {**inputs, "is_last": is_last,
@@ -294,27 +298,3 @@ def _window_seconds(feature_extractor) -> float:
     if frames:
         return frames * 0.01
     raise ValueError("cannot tell the audio encoder's input length: pass chunk_length_s=")
-
-
-def _is_video(source) -> bool:
-    return isinstance(source, (str, os.PathLike)) and os.fspath(source).lower().endswith(VIDEO_EXTENSIONS)
-
-
-def _load_image(source, frame="middle"):
-    from PIL import Image
-
-    if isinstance(source, Image.Image):
-        return source.convert("RGB")
-    if _is_video(source):
-        from torchcodec.decoders import VideoDecoder
-
-        decoder = VideoDecoder(os.fspath(source))
-        duration = decoder.metadata.duration_seconds or 0.0
-        seconds = {"middle": duration / 2, "first": 0.0}.get(frame, frame)
-        seconds = min(max(float(seconds), 0.0), max(0.0, duration - 1e-3))
-        return Image.fromarray(decoder.get_frame_played_at(seconds).data.permute(1, 2, 0).numpy())
-    if isinstance(source, (str, os.PathLike)):
-        if not os.path.exists(source):
-            raise FileNotFoundError(f"image file not found: {os.fspath(source)}")
-        return Image.open(source).convert("RGB")
-    raise ValueError(f"unsupported image input of type {type(source).__name__}: pass a PIL image or a path")

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import soundfile
 from conftest import saved_captioner
+from dali_hf.modeling.media import AudioInputError
 from dali_hf.modeling.pipeline_audio_captioning import CaptionRequest
 from transformers import pipeline
 
-from dali_hf.audio_io import AudioInputError
 from dali_hf.evaluation import evaluate_captioner, read_audiocaps, read_clotho
 from dali_hf.metrics import spice_available
 

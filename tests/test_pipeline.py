@@ -12,10 +12,10 @@ import soundfile
 import torch
 import torchaudio.functional as AF
 from conftest import random_image, run_without_dali_hf, saved_captioner
+from dali_hf.modeling.media import AudioInputError
 from transformers import ASTConfig, ASTFeatureExtractor, pipeline
 
 from dali_hf import LlavaAudioForConditionalGeneration, LlavaAudioProcessor
-from dali_hf.audio_io import AudioInputError
 
 SETTINGS = dict(max_new_tokens=4)
 
@@ -65,20 +65,63 @@ def test_every_input_kind_gives_the_same_caption(captioner, tmp_path):
         _caption(captioner(flac, sampling_rate=16000, **SETTINGS))
 
 
-def test_lossy_files_and_video_decode(captioner, tmp_path):
+def _ffmpeg(*args):
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", *map(str, args)], check=True)
+
+
+def _decoded_by_ffmpeg(path, folder):
+    """The audio of `path` as ffmpeg's own command line decodes it (float wav), read back by soundfile."""
+    _ffmpeg("-i", path, "-vn", "-c:a", "pcm_f32le", folder / "decoded.wav")
+    samples, rate = soundfile.read(folder / "decoded.wav", dtype="float32")
+    return samples, rate
+
+
+def test_lossy_files_and_video_caption_as_their_decoded_audio(captioner, tmp_path):
+    """A lossy file or a video captions as its audio track decoded independently (ffmpeg's CLI); a video's frame is
+    the frame ffmpeg extracts at the same time."""
     clip = tone(seconds=0.8)
     soundfile.write(tmp_path / "clip.wav", clip, 16000)
     for suffix, codec in ((".mp3", ["-c:a", "libmp3lame"]), (".ogg", ["-c:a", "libvorbis"])):
-        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(tmp_path / "clip.wav"), *codec,
-                        str(tmp_path / f"clip{suffix}")], check=True)
-        assert isinstance(_caption(captioner(str(tmp_path / f"clip{suffix}"), **SETTINGS)), str)
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "color=c=red:s=32x32:r=5:d=0.8",
-                    "-i", str(tmp_path / "clip.wav"), "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac",
-                    "-shortest", str(tmp_path / "clip.mp4")], check=True)
-    audio_only = captioner(str(tmp_path / "clip.mp4"), **SETTINGS)
-    audiovisual = captioner(str(tmp_path / "clip.mp4"), mode="audiovisual", **SETTINGS)
+        _ffmpeg("-i", tmp_path / "clip.wav", *codec, tmp_path / f"clip{suffix}")
+        samples, rate = _decoded_by_ffmpeg(tmp_path / f"clip{suffix}", tmp_path)
+        assert _caption(captioner(str(tmp_path / f"clip{suffix}"), **SETTINGS)) == \
+            _caption(captioner(samples, sampling_rate=rate, **SETTINGS)), suffix
+    # a video whose left half turns from red to blue at 0.4 s: "first" and "middle" frames differ
+    _ffmpeg("-f", "lavfi", "-i", "color=c=red:s=32x32:r=5:d=0.4", "-f", "lavfi", "-i", "color=c=blue:s=32x32:r=5:d=0.4",
+            "-i", tmp_path / "clip.wav", "-filter_complex", "[0:v][1:v]concat=n=2:v=1[v]", "-map", "[v]", "-map", "2:a",
+            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", tmp_path / "clip.mp4")
+    samples, rate = _decoded_by_ffmpeg(tmp_path / "clip.mp4", tmp_path)
+    assert _caption(captioner(str(tmp_path / "clip.mp4"), **SETTINGS)) == \
+        _caption(captioner(samples, sampling_rate=rate, **SETTINGS))
+    for frame, seconds in (("first", 0.0), ("middle", 0.6), (0.6, 0.6)):
+        _ffmpeg("-ss", seconds, "-i", tmp_path / "clip.mp4", "-frames:v", "1", tmp_path / "frame.png")
+        expected = captioner(samples, sampling_rate=rate, mode="audiovisual", images=str(tmp_path / "frame.png"),
+                             **SETTINGS)
+        got = captioner(str(tmp_path / "clip.mp4"), mode="audiovisual", frame=frame, **SETTINGS)
+        assert _caption(got) == _caption(expected), frame
     with_image = captioner(str(tmp_path / "clip.mp4"), mode="audiovisual", images=random_image(1), **SETTINGS)
-    assert all(isinstance(_caption(out), str) for out in (audio_only, audiovisual, with_image))
+    assert _caption(with_image) == _caption(captioner(samples, sampling_rate=rate, mode="audiovisual",
+                                                      images=random_image(1), **SETTINGS))
+
+
+def test_multichannel_audio_follows_the_feature_extractors_channel_policy(captioner):
+    from dali_hf.modeling.pipeline_audio_captioning import CaptionRequest
+
+    left, right = tone(frequency=300, seed=1), tone(frequency=2000, seed=2)
+    stereo = np.stack([left, right])
+
+    def features(audio):
+        (inputs,) = captioner.preprocess(CaptionRequest(audio=audio), sampling_rate=16000)
+        return inputs["input_features"]
+
+    assert torch.equal(features(stereo), features(stereo.mean(axis=0)))
+    assert not torch.equal(features(stereo), features(left))
+    extractor = captioner.processor.feature_extractor
+    extractor.channel_policy = "first"  # as CavMaeFeatureExtractor(channel_policy="first") says
+    try:
+        assert torch.equal(features(stereo), features(left))
+    finally:
+        del extractor.channel_policy
 
 
 def test_batch_of_five_equals_five_single_calls(captioner):

@@ -1,26 +1,11 @@
 """Batches from the column convention: `id`, `audio` ({"array", "sampling_rate"} or a path), `image` (PIL image or
 a path), `caption`."""
 
-import io
-
 import torch
-from PIL import Image
 
-from ..audio_io import prepare_audio
+from ..modeling.media import load_image, prepare_audio
 
-__all__ = ["AlignmentCollator", "CaptionCollator", "FeatureAugmentation", "load_image"]
-
-
-def load_image(source, name: str = "image") -> Image.Image:
-    """An RGB PIL image from a PIL image or a path."""
-    if isinstance(source, Image.Image):
-        return source.convert("RGB")
-    if isinstance(source, dict):  # datasets' undecoded Image feature: the file's bytes, or its path
-        source = io.BytesIO(source["bytes"]) if source.get("bytes") else source.get("path")
-    try:
-        return Image.open(source).convert("RGB")
-    except (OSError, TypeError, AttributeError) as error:
-        raise ValueError(f"{name}: cannot read image from {source!r}: {error}") from error
+__all__ = ["AlignmentCollator", "CaptionCollator", "FeatureAugmentation"]
 
 
 class AlignmentCollator:

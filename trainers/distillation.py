@@ -15,8 +15,8 @@ import datasets
 import torch
 from transformers import TrainingArguments
 
-from ..audio_io import AudioInputError, prepare_audio
-from .collators import CaptionCollator, load_image
+from ..modeling.media import AudioInputError, load_image, prepare_audio
+from .collators import CaptionCollator
 from .stages import CaptionStageTrainer
 
 __all__ = [

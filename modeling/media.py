@@ -1,9 +1,18 @@
-"""Audio from whatever a user has: files (any format FFmpeg reads, video containers included), bytes, arrays with a
-sampling rate, `{"array", "sampling_rate"}` dicts, torchcodec decoders. Decoded window by window, so an hour-long
-file never sits in memory; checked (empty, NaN/inf) with errors that name the input. Never a silent substitute.
+"""Media input, one set of rules for the whole project: audio, video frames, images and the file types they come in.
 
-Kept beside the model files (standard library, numpy, torch, torchaudio, soundfile and torchcodec only), so the
-remote-code pipeline uses it too.
+- Audio from whatever a user has: files (any format FFmpeg reads, video containers included), bytes, arrays with a
+  sampling rate, `{"array", "sampling_rate"}` dicts, torchcodec decoders ([`AudioSource`]). Decoded window by
+  window, so an hour-long file never sits in memory; checked (empty, NaN/inf) with errors that name the input.
+  Never a silent substitute.
+- Channels: a 2-D array's channel axis is its shorter one, of at most `MAX_CHANNELS` ([`channels_first`]); a
+  multichannel clip becomes mono as a `channel_policy` says ([`downmix`]: "mean" or "first").
+- Images from PIL images, paths, `datasets` image dicts or a frame of a video ([`load_image`]); a frame is named
+  the same way everywhere: "middle", "first" or a time in seconds ([`frame_at`]).
+- File types: `AUDIO_EXTENSIONS`, `VIDEO_EXTENSIONS`, `IMAGE_EXTENSIONS`, `MEDIA_EXTENSIONS` (audio and video).
+
+It lives beside the model files because the remote-code pipeline and the feature extractor use it. Importing it
+needs numpy and torch only; the decoders (soundfile, torchcodec, torchaudio's resampler, PIL) are imported where
+they are used, as transformers does with its optional media backends.
 """
 
 import io
@@ -13,8 +22,18 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["AudioInputError", "AudioSource", "TruncatedAudioError", "as_array", "check_sampling_rate",
-           "pcm_to_float", "to_mono_rate"]
+__all__ = ["AUDIO_EXTENSIONS", "CHANNEL_POLICIES", "FRAME_POSITIONS", "IMAGE_EXTENSIONS", "MAX_CHANNELS",
+           "MEDIA_EXTENSIONS", "VIDEO_EXTENSIONS", "AudioInputError", "AudioSource", "TruncatedAudioError", "as_array",
+           "channels_first", "check_sampling_rate", "downmix", "frame_at", "frame_seconds", "is_video", "load_image",
+           "pcm_to_float", "prepare_audio", "to_mono_rate"]
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac")
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+MEDIA_EXTENSIONS = AUDIO_EXTENSIONS + VIDEO_EXTENSIONS  # what carries sound
+CHANNEL_POLICIES = ("mean", "first")
+MAX_CHANNELS = 8  # the short axis of a 2-D clip is its channel axis when it is at most this long
+FRAME_POSITIONS = ("middle", "first")  # or a time in seconds
 
 
 class AudioInputError(ValueError):
@@ -50,7 +69,7 @@ class AudioSource:
         if isinstance(source, (np.ndarray, torch.Tensor, list)):
             if sampling_rate is None:
                 raise AudioInputError(f"{self.name}: raw samples need their sampling_rate (e.g. sampling_rate=16000)")
-            self._array = _as_channels_first(pcm_to_float(as_array(source), self.name), self.name)
+            self._array = channels_first(pcm_to_float(as_array(source), self.name), self.name)
             self.sampling_rate = check_sampling_rate(sampling_rate, self.name)
         elif isinstance(source, (str, os.PathLike, bytes, bytearray)):
             self._open_encoded(source)
@@ -132,9 +151,16 @@ class AudioSource:
         return [(i * (length - stride), min(i * (length - stride) + length, self.duration)) for i in range(count)]
 
 
-def to_mono_rate(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
-    """Average the channels of [channels, time] samples and resample to `target_rate` (torchaudio)."""
-    mono = samples.mean(axis=0)
+def prepare_audio(source, target_rate: int, name: str | None = None, channel_policy: str = "mean") -> np.ndarray:
+    """Mono float32 samples at `target_rate` of a whole input (path, bytes, dict, array, decoder): channels reduced
+    as `channel_policy` says, resampled when needed."""
+    opened = AudioSource(source, name=name)
+    return to_mono_rate(opened.read(), opened.sampling_rate, target_rate, channel_policy)
+
+
+def to_mono_rate(samples: np.ndarray, rate: int, target_rate: int, channel_policy: str = "mean") -> np.ndarray:
+    """[channels, time] samples made mono ([`downmix`]) and resampled to `target_rate` (torchaudio)."""
+    mono = downmix(samples, channel_policy)
     if rate != target_rate:
         import torchaudio.functional as audio_functional
 
@@ -192,13 +218,101 @@ def _why_undecodable(encoded) -> str:
     return "the file has no audio stream (a video without sound?)"
 
 
-def _as_channels_first(array: np.ndarray, name: str) -> np.ndarray:
-    """1-D -> [1, time]; 2-D: the short axis (at most 8) is the channel axis."""
+def channels_first(array: np.ndarray, name: str = "audio input") -> np.ndarray:
+    """Samples as [channels, time]: 1-D is one channel; of a 2-D array, [channels, samples] or [samples, channels],
+    the shorter axis is the channel axis, which holds at most `MAX_CHANNELS` channels."""
     if array.ndim == 1:
         return array[None]
-    if array.ndim == 2:
-        return array if array.shape[0] <= array.shape[1] else array.T
-    raise AudioInputError(f"{name}: audio must be 1-D (samples) or 2-D (channels x samples), got {array.shape}")
+    if array.ndim != 2:
+        raise AudioInputError(f"{name} has shape {list(array.shape)}: audio must be 1-D [samples] or 2-D "
+                              "[channels, samples] / [samples, channels]")
+    if min(array.shape) > MAX_CHANNELS:
+        raise AudioInputError(
+            f"{name} is a 2-D array of shape {list(array.shape)}, read as one multichannel clip, but neither axis is "
+            f"a channel axis (at most {MAX_CHANNELS} channels): pass a batch as a list of clips, not as a 2-D array"
+        )
+    return array if array.shape[0] <= array.shape[1] else array.T
+
+
+def downmix(samples: np.ndarray, channel_policy: str = "mean") -> np.ndarray:
+    """Mono [time] samples of [channels, time] ones: "mean" averages the channels, "first" keeps the first one (as
+    the DALI authors' code does: its Kaldi filterbank reads channel 0)."""
+    check_channel_policy(channel_policy)
+    return samples[0] if channel_policy == "first" else samples.mean(axis=0)
+
+
+def check_channel_policy(channel_policy: str) -> str:
+    if channel_policy not in CHANNEL_POLICIES:
+        raise ValueError(f"channel_policy must be one of {CHANNEL_POLICIES}, got {channel_policy!r}")
+    return channel_policy
+
+
+# ---- video frames and images ------------------------------------------------------------------------------------
+
+
+def is_video(source) -> bool:
+    """Whether `source` is a path to a video file (by its extension, `VIDEO_EXTENSIONS`)."""
+    return isinstance(source, (str, os.PathLike)) and os.fspath(source).lower().endswith(VIDEO_EXTENSIONS)
+
+
+def frame_seconds(frame, duration: float) -> float:
+    """The time in seconds that `frame` names in a video of `duration` seconds: "middle", "first", or a time in
+    seconds (a number, or a string holding one)."""
+    if frame == "middle":
+        return duration / 2
+    if frame == "first":
+        return 0.0
+    try:
+        seconds = float(frame)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not seconds >= 0 or math.isinf(seconds):
+        raise ValueError(f'frame must be "middle", "first" or a time in seconds (0 or more), got {frame!r}')
+    return seconds
+
+
+def frame_at(path, frame="middle"):
+    """One frame of the video at `path`, as an RGB PIL image: `frame` is "middle", "first" or a time in seconds
+    (clamped to the video's stream)."""
+    from PIL import Image
+    from torchcodec.decoders import VideoDecoder
+
+    if not os.path.exists(path):
+        raise ValueError(f"video file not found: {os.fspath(path)}")
+    try:
+        decoder = VideoDecoder(os.fspath(path))
+    except (RuntimeError, ValueError) as error:
+        raise ValueError(f"cannot read a video frame from {os.fspath(path)}: {error}") from error
+    metadata = decoder.metadata
+    duration = metadata.duration_seconds or 0.0
+    seconds = frame_seconds(frame, duration)
+    begin = metadata.begin_stream_seconds or 0.0
+    end = metadata.end_stream_seconds or duration
+    seconds = min(max(seconds, begin), max(begin, end - 1e-3))
+    data = decoder.get_frame_played_at(seconds).data  # [3, H, W] uint8
+    return Image.fromarray(data.permute(1, 2, 0).numpy())
+
+
+def load_image(source, name: str = "image", frame="middle"):
+    """An RGB PIL image from a PIL image, an image file's path, a video file's path (its frame at `frame`), or a
+    `datasets` image dict (`{"bytes"}` or `{"path"}`). What cannot be read is a ValueError naming the input as `name`."""
+    from PIL import Image
+
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    if isinstance(source, dict):  # datasets' undecoded Image feature: the file's bytes, or its path
+        source = io.BytesIO(source["bytes"]) if source.get("bytes") else source.get("path")
+    if is_video(source):
+        return frame_at(source, frame)
+    if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
+        raise ValueError(f"{name}: image file not found: {os.fspath(source)}")
+    if not isinstance(source, (str, os.PathLike, io.IOBase)):
+        raise ValueError(f"{name}: unsupported image input of type {type(source).__name__}: pass a PIL image, an "
+                         "image or video file's path, or a datasets image dict")
+    try:
+        return Image.open(source).convert("RGB")
+    except OSError as error:
+        raise ValueError(f"{name}: cannot read an image from {source!r}: {error}") from error
 
 
 def _describe(source) -> str:
