@@ -34,9 +34,9 @@ from .modeling import (
     LlavaAudioProcessor,
 )
 from .modeling.media import CHANNEL_POLICIES
+from .trainers.alignment import SCORERS_NAME
 
 __all__ = [
-    "SCORERS_NAME",
     "SCORER_NAMES",
     "OfficialWeights",
     "add_convert_subcommand",
@@ -49,7 +49,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCORERS_NAME = "attentive_ot_scorers.safetensors"  # the alignment trainer reads its scorers from this file
 
 # The original LLaVA repo's names in the stage files, and where they go in LlavaAudio
 PROJECTOR_KEYS = {

@@ -1,7 +1,7 @@
-"""Model card templates (Jinja, for `huggingface_hub.ModelCard.from_template`)."""
+"""Model cards of DALI checkpoints: the Jinja template (`dali_model_card.md`, for
+`huggingface_hub.ModelCard.from_template`) and the code that renders it (`card.py`), imported by the trainers (a card
+with every final save) and by `dali_hf.hub` (uploads). Imports huggingface_hub only."""
 
-from pathlib import Path
+from .card import TEMPLATE, eval_result_files, record_stage, render_model_card, write_model_card
 
-TEMPLATE = Path(__file__).with_name("dali_model_card.md")
-
-__all__ = ["TEMPLATE"]
+__all__ = ["TEMPLATE", "eval_result_files", "record_stage", "render_model_card", "write_model_card"]

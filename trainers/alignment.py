@@ -14,7 +14,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainingArguments
 
-from ..convert import SCORERS_NAME  # one name for the scorer file, written by the converter and the trainer
 from .collators import AlignmentCollator, FeatureAugmentation
 from .lean import LlavaAudioAlignmentModel, load_alignment_model, load_alignment_weights
 from .objectives import (
@@ -30,6 +29,8 @@ from .streaming import AlignmentStream, StreamLoader
 
 __all__ = ["AlignmentConfig", "DistributionAlignmentTrainer", "SCORERS_NAME"]
 
+SCORERS_NAME = "attentive_ot_scorers.safetensors"  # the scorers' weights, beside the captioner's (also written by
+# the converter of the authors' checkpoints)
 SCORER_OPTIMIZER_NAME = "scorer_optimizer.pt"
 OBJECTIVES = ("contrastive", "mmd", "ot", "attentive_ot")
 ATTENTIVE_OT_GRADIENTS = ("plan", "reference")
@@ -294,7 +295,7 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
     def plot_token_distributions(self, path, dataset=None, num_clips: int = 32, batch_size: int = 8) -> None:
         """Save the token-distribution figure (2-D PCA of audio vs image tokens, per-clip means and per token) for
         the first `num_clips` pairs of `dataset` (default: the eval set, else the training set)."""
-        from ..figures import plot_token_distributions
+        from .figures import plot_token_distributions
 
         dataset = dataset if dataset is not None else (self.eval_dataset or self.train_dataset)
         if isinstance(dataset, AlignmentStream):

@@ -4,7 +4,7 @@ with the language-model loss on captions."""
 import torch
 from transformers import Trainer
 
-from ..hub import record_stage, write_model_card
+from ..model_cards import record_stage, write_model_card
 
 __all__ = ["CaptionStageTrainer", "ModelCardMixin", "freeze_all_but"]
 
