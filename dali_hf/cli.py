@@ -20,15 +20,18 @@ __all__ = ["main"]
 HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter
 PRESETS = ("greedy", "paper")  # the decoding presets of pipeline("audio-captioning") (PRESETS there)
 METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider_d", "spice", "spider")
+# The subcommands are the stages' names (`dali_hf.trainers.stages.STAGES`, checked by the tests): written out here so
+# that `--help` and argument errors answer without importing torch.
 TRAINING_STAGES = {
     # subcommand: (trainer class, config class, help)
     "prefix-tune": ("PrefixTuningTrainer", "PrefixTuningConfig",
                     "stage 1a: learn the prefix on (image, sound caption) pairs"),
     "align": ("DistributionAlignmentTrainer", "AlignmentConfig",
-              "stage 1b: align the audio encoder to the image tokens (writes token_distributions.png)"),
+              "stage 1b: align the audio encoder's tokens to the image tokens (writes token_distributions.png)"),
     "distill": ("AudioVisualDistillationTrainer", "DistillationConfig",
-                "stage 2: fine-tune the audio projector on pseudo-captions (--captions)"),
+                "stage 2b: fine-tune the audio projector on the pseudo-captions (--captions)"),
 }
+PSEUDO_CAPTION_HELP = "stage 2a: caption (audio, image) pairs from image + audio + prefix"
 
 
 # ---- argument types: invalid values are argparse errors, at parse time --------------------------------------------
@@ -208,7 +211,7 @@ def _run_convert(argv: list[str]) -> None:
 # ---- the other subcommands ---------------------------------------------------------------------------------
 
 def _add_pseudo_caption(subparsers) -> None:
-    parser = subparsers.add_parser("pseudo-caption", help="caption (audio, image) pairs from image + audio + prefix",
+    parser = subparsers.add_parser("pseudo-caption", help=PSEUDO_CAPTION_HELP,
                                    description="Resumable: rerun the same command after an interruption.",
                                    formatter_class=HELP_FORMAT)
     parser.add_argument("--model", required=True, help="aligned LlavaAudio folder (after stages 1a and 1b)")

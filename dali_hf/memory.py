@@ -31,11 +31,11 @@ class Stage:
 
 ALIGNMENT = ("audio_tower", "audio_to_vision", "scorers")
 STAGES = (
-    Stage("1a prefix tuning", ("prefix_embeddings",), 16, "language_model"),
-    Stage("1b alignment (attentive OT), whole captioner", ALIGNMENT, 256, "audio_tower"),
-    Stage("1b alignment (attentive OT), no LM (default)", ALIGNMENT, 256, "audio_tower",
+    Stage("1a prefix-tune", ("prefix_embeddings",), 16, "language_model"),
+    Stage("1b align (attentive OT), whole captioner", ALIGNMENT, 256, "audio_tower"),
+    Stage("1b align (attentive OT), no LM (default)", ALIGNMENT, 256, "audio_tower",
           loads=("vision_tower", "audio_tower", "audio_to_vision")),
-    Stage("2 distillation", ("audio_multi_modal_projector",), 40, "language_model"),
+    Stage("2b distill", ("audio_multi_modal_projector",), 40, "language_model"),
 )
 CARDS_GIB = (24, 40, 80)
 # CUDA context, kernels and allocator fragmentation: memory of a card that the tensors above cannot use

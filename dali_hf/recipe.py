@@ -1,9 +1,11 @@
 """The whole DALI recipe, stage after stage, each reading the previous stage's folder (no hard-coded paths).
 
-    1a prefix tuning        <out>/1a-prefix          (image, caption) pairs
-    1b alignment            <out>/1b-align           (audio, image) pairs
-    2a pseudo-captions      <out>/2a-pseudo-captions (audio, image) pairs -> (id, caption)
-    2b distillation         <out>/2b-distill         the final captioner
+    1a prefix-tune       <out>/1a-prefix-tune       (image, caption) pairs
+    1b align             <out>/1b-align             (audio, image) pairs
+    2a pseudo-caption    <out>/2a-pseudo-caption    (audio, image) pairs -> (id, caption)
+    2b distill           <out>/2b-distill           the final captioner
+
+Each stage reads its section of the config, named as the stage (`STAGES` in `dali_hf.trainers.stages`).
 
 A stage whose folder holds `stage_complete.json` is skipped; an interrupted training stage resumes from its last
 checkpoint, and pseudo-captioning continues where it stopped.
@@ -17,9 +19,9 @@ import datasets
 from transformers import AutoModel, AutoProcessor
 from transformers.trainer_utils import get_last_checkpoint
 
-__all__ = ["STAGES", "run_recipe", "run_training_stage"]
+__all__ = ["run_recipe", "run_training_stage"]
 
-STAGES = ("1a-prefix", "1b-align", "2a-pseudo-captions", "2b-distill")
+RENAMED_SECTIONS = {"prefix": "prefix-tune", "pseudo_caption": "pseudo-caption"}  # earlier versions' names
 DONE = "stage_complete.json"
 
 
@@ -48,10 +50,10 @@ def run_training_stage(trainer_class, args, model_path: str, train_dataset, eval
 def run_recipe(config: dict, log=print) -> str:
     """Run the stages of `config` in order; returns the folder of the final captioner.
 
-    `config`: {"model": LlavaAudio folder or Hub id, "output_dir": ..., "prefix": {"data": ..., "args": {...}},
-    "align": {"data": ..., "eval_data": ..., "args": {...}}, "pseudo_caption": {"data": (default: the alignment
-    data), "batch_size": 8, "generate": {...}}, "distill": {"args": {...}}}. Data entries are `save_to_disk`
-    folders in the column convention.
+    `config`: {"model": LlavaAudio folder or Hub id, "output_dir": ..., "prefix-tune": {"data": ...,
+    "args": {...}}, "align": {"data": ..., "eval_data": ..., "args": {...}}, "pseudo-caption": {"data": (default:
+    the alignment data), "batch_size": 8, "generate": {...}}, "distill": {"args": {...}}}. Data entries are
+    `save_to_disk` folders in the column convention.
     """
     from .trainers import (
         AlignmentConfig,
@@ -63,9 +65,14 @@ def run_recipe(config: dict, log=print) -> str:
         attach_captions,
         generate_pseudo_captions,
     )
+    from .trainers.stages import STAGES
 
+    renamed = {old: new for old, new in RENAMED_SECTIONS.items() if old in config}
+    if renamed:
+        raise ValueError("the recipe's sections are named as the stages: rename "
+                         + ", ".join(f"{old!r} to {new!r}" for old, new in renamed.items()))
     out = Path(config["output_dir"])
-    folders = {stage: str(out / stage) for stage in STAGES}
+    folders = {stage.name: str(out / stage.folder) for stage in STAGES}
     model_path = config["model"]
     load = datasets.load_from_disk
 
@@ -81,17 +88,17 @@ def run_recipe(config: dict, log=print) -> str:
             log(f"[{name}] from {model_path}")
             run(folder)
             Path(folder, DONE).write_text(json.dumps({"input_model": model_path}))
-        if name != "2a-pseudo-captions":
+        if name != "pseudo-caption":
             model_path = folder
 
-    stage("1a-prefix", lambda folder: run_training_stage(
-        PrefixTuningTrainer, stage_args(PrefixTuningConfig, config["prefix"], folder), model_path,
-        load(config["prefix"]["data"]), log=log))
+    stage("prefix-tune", lambda folder: run_training_stage(
+        PrefixTuningTrainer, stage_args(PrefixTuningConfig, config["prefix-tune"], folder), model_path,
+        load(config["prefix-tune"]["data"]), log=log))
     align = config["align"]
-    stage("1b-align", lambda folder: run_training_stage(
+    stage("align", lambda folder: run_training_stage(
         DistributionAlignmentTrainer, stage_args(AlignmentConfig, align, folder), model_path, load(align["data"]),
         eval_dataset=load(align["eval_data"]) if align.get("eval_data") else None, log=log))
-    pseudo = config.get("pseudo_caption", {})
+    pseudo = config.get("pseudo-caption", {})
     pairs = load(pseudo.get("data", align["data"]))
 
     def caption(folder):
@@ -100,9 +107,9 @@ def run_recipe(config: dict, log=print) -> str:
         generate_pseudo_captions(model, processor, pairs, folder, batch_size=pseudo.get("batch_size", 8),
                                  **pseudo.get("generate", {}))
 
-    stage("2a-pseudo-captions", caption)
-    captions = load(os.path.join(folders["2a-pseudo-captions"], "dataset"))
-    stage("2b-distill", lambda folder: run_training_stage(
+    stage("pseudo-caption", caption)
+    captions = load(os.path.join(folders["pseudo-caption"], "dataset"))
+    stage("distill", lambda folder: run_training_stage(
         AudioVisualDistillationTrainer, stage_args(DistillationConfig, config.get("distill", {}), folder),
         model_path, attach_captions(pairs, captions), log=log))
-    return folders["2b-distill"]
+    return folders["distill"]

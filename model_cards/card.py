@@ -12,13 +12,13 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 __all__ = ["TEMPLATE", "eval_result_files", "record_stage", "render_model_card", "write_model_card"]
 
 TEMPLATE = Path(__file__).with_name("dali_model_card.md")
-STAGE_NAMES = {"prefix": "1a prefix tuning", "alignment": "1b distribution alignment",
-               "distillation": "2 audiovisual distillation"}
 
 
-def record_stage(config, stage: str, args, train_rows: int | None = None, fields: tuple[str, ...] = ()) -> None:
-    """Add (or replace) this stage's record in `config.training_stages`: the hyper-parameters a model card shows."""
-    record = {"stage": stage, "train_rows": train_rows, "world_size": args.world_size,
+def record_stage(config, stage: str, args, train_rows: int | None = None, fields: tuple[str, ...] = (),
+                 step: str | None = None) -> None:
+    """Add (or replace) this stage's record in `config.training_stages`: the hyper-parameters a model card shows.
+    `stage` is the stage's name ("align") and `step` its place in the recipe ("1b")."""
+    record = {"stage": stage, "step": step, "train_rows": train_rows, "world_size": args.world_size,
               "per_device_train_batch_size": args.per_device_train_batch_size,
               "gradient_accumulation_steps": args.gradient_accumulation_steps, "learning_rate": args.learning_rate,
               "num_train_epochs": args.num_train_epochs, "max_steps": args.max_steps, "seed": args.seed,
@@ -38,7 +38,7 @@ def render_model_card(folder, repo_id: str | None = None, eval_results: dict | N
     repo_id = repo_id or folder.name
     stages = config.get("training_stages") or []
     base_model = config.get("base_model")
-    alignment = next((s for s in stages if s["stage"] == "alignment"), None)
+    alignment = next((s for s in stages if s["stage"] in ("align", "alignment")), None)  # "alignment": saved by earlier versions
     objective = alignment["objective"] if alignment else "none recorded"
     results = []
     for dataset, entry in (eval_results or {}).items():
@@ -55,7 +55,7 @@ def render_model_card(folder, repo_id: str | None = None, eval_results: dict | N
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE), model_title=repo_id.split("/")[-1], repo_id=repo_id,
         base_model=base_model, audio_encoder=config.get("audio_config", {}).get("model_type", "unknown"),
-        objective=objective, stages_summary=", ".join(STAGE_NAMES.get(s["stage"], s["stage"]) for s in stages)
+        objective=objective, stages_summary=", ".join(_stage_title(s) for s in stages)
         or "none recorded (built from parts or converted)",
         training_section=_training_section(stages), evaluation_section=_evaluation_section(eval_results),
     )
@@ -97,9 +97,14 @@ def _training_section(stages: list[dict]) -> str:
         return "No training stage is recorded in this checkpoint's config (built from parts or converted)."
     lines = ["| stage | hyper-parameters |", "|---|---|"]
     for stage in stages:
-        details = ", ".join(f"{k}={v}" for k, v in stage.items() if k != "stage" and v is not None)
-        lines.append(f"| {STAGE_NAMES.get(stage['stage'], stage['stage'])} | {details} |")
+        details = ", ".join(f"{k}={v}" for k, v in stage.items() if k not in ("stage", "step") and v is not None)
+        lines.append(f"| {_stage_title(stage)} | {details} |")
     return "\n".join(lines)
+
+
+def _stage_title(record: dict) -> str:
+    """ "1b align": the stage's step and name, as the docs write it."""
+    return f"{record['step']} {record['stage']}" if record.get("step") else record["stage"]
 
 
 def _evaluation_section(eval_results: dict | None) -> str:

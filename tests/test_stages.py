@@ -141,9 +141,9 @@ def test_train_runs_the_whole_recipe_and_skips_done_stages(llava_parts, captione
     config = {
         "model": str(tmp_path / "base"),
         "output_dir": str(tmp_path / "run"),
-        "prefix": {"data": str(tmp_path / "prefix-data"), "args": quick},
+        "prefix-tune": {"data": str(tmp_path / "prefix-data"), "args": quick},
         "align": {"data": str(tmp_path / "pairs"), "args": {**quick, "objective": "ot"}},
-        "pseudo_caption": {"batch_size": 4, "generate": {"max_new_tokens": 4}},
+        "pseudo-caption": {"batch_size": 4, "generate": {"max_new_tokens": 4}},
         "distill": {"args": quick},
     }
     (tmp_path / "recipe.json").write_text(json.dumps(config))

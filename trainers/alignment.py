@@ -113,7 +113,7 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
     captioner passed as `model` trains the same way.
     """
 
-    stage_name = "alignment"
+    stage_name = "align"
     card_fields = ("objective", "solver", "epsilon", "lambda_values", "lambda_final", "uniform_epochs",
                    "scorer_learning_rate", "attentive_ot_gradient", "augment", "train_audio_parameters",
                    "adam_beta1", "weight_decay")

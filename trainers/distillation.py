@@ -62,7 +62,7 @@ class AudioVisualDistillationTrainer(CaptionStageTrainer):
     """
 
     trained_part = "audio_multi_modal_projector"
-    stage_name = "distillation"
+    stage_name = "distill"
     card_fields = ("prompt", "prompt_preset", "use_prefix", "lora_r", "lr_scheduler_type", "warmup_ratio")
 
     def __init__(self, model=None, args=None, **kwargs):

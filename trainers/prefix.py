@@ -31,7 +31,7 @@ class PrefixTuningTrainer(CaptionStageTrainer):
     """Trains `prefix_embeddings` on (image, caption) rows: prompt "USER: <image><prefix>\\n{prompt} ASSISTANT:"."""
 
     trained_part = "prefix_embeddings"
-    stage_name = "prefix"
+    stage_name = "prefix-tune"
     card_fields = ("prompt", "prompt_preset", "lr_scheduler_type", "warmup_ratio")
 
     def build_collator(self, processor, args):

@@ -1,12 +1,57 @@
-"""Shared pieces of the captioning stages (1a prefix tuning, 2 distillation): freeze all but one part, train it
-with the language-model loss on captions."""
+"""DALI's stages, named once, and what their trainers share.
+
+`STAGES` is the one vocabulary of stages: each has a step ("1a") and a name ("prefix-tune"), which are the `dali-hf`
+subcommand, the recipe's config section, the folder the recipe writes (`1a-prefix-tune`), the stage recorded in a
+saved config and shown on its model card, and the name used in the docs and the memory tables:
+
+    1a prefix-tune      learn the prefix on (image, sound caption) pairs
+    1b align            align the audio encoder's tokens to the image tokens
+    2a pseudo-caption   caption (audio, image) pairs from image + audio + prefix
+    2b distill          fine-tune the audio projector on the pseudo-captions
+
+The captioning stages (1a, 2b) freeze all but one part and train it with the language-model loss on captions.
+"""
+
+from typing import NamedTuple
 
 import torch
 from transformers import Trainer
 
 from ..model_cards import record_stage, write_model_card
 
-__all__ = ["CaptionStageTrainer", "ModelCardMixin", "freeze_all_but"]
+__all__ = ["STAGES", "CaptionStageTrainer", "ModelCardMixin", "Stage", "freeze_all_but", "stage_named"]
+
+
+class Stage(NamedTuple):
+    step: str
+    name: str
+    summary: str
+
+    @property
+    def folder(self) -> str:
+        """The recipe's folder of this stage, e.g. "1b-align"."""
+        return f"{self.step}-{self.name}"
+
+    @property
+    def title(self) -> str:
+        """How docs, cards and tables name it, e.g. "1b align"."""
+        return f"{self.step} {self.name}"
+
+
+STAGES = (
+    Stage("1a", "prefix-tune", "learn the prefix on (image, sound caption) pairs"),
+    Stage("1b", "align", "align the audio encoder's tokens to the image tokens"),
+    Stage("2a", "pseudo-caption", "caption (audio, image) pairs from image + audio + prefix"),
+    Stage("2b", "distill", "fine-tune the audio projector on the pseudo-captions"),
+)
+
+
+def stage_named(name: str) -> Stage:
+    """The stage called `name` ("align"), or an error listing the names."""
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise ValueError(f"unknown stage {name!r}: the stages are {', '.join(s.name for s in STAGES)}")
 
 
 def freeze_all_but(model, *parts: str) -> None:
@@ -36,12 +81,13 @@ class ModelCardMixin:
     """For Trainer subclasses: record the stage's hyper-parameters in the model config (`training_stages`) and write
     the model card (README.md) with every final save."""
 
-    stage_name: str = ""
+    stage_name: str = ""  # a name of `STAGES`
     card_fields: tuple[str, ...] = ()
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         rows = len(self.train_dataset) if hasattr(self.train_dataset, "__len__") else None
-        record_stage(self.model.config, self.stage_name, self.args, rows, self.card_fields)
+        stage = stage_named(self.stage_name)
+        record_stage(self.model.config, stage.name, self.args, rows, self.card_fields, step=stage.step)
         super().save_model(output_dir, _internal_call)
         if self.args.should_save and not _internal_call:
             write_model_card(output_dir or self.args.output_dir)

@@ -178,12 +178,12 @@ def prepare_experiment(out_dir: str, seed: int, size: ExperimentSize, live: bool
     processor.save_pretrained(base)
 
     # 1a. prefix tuning
-    step("stage 1a: prefix tuning on 16 (image, sound caption) pairs")
-    run_prefix_tuning(base, out / "models" / "1a-prefix", world, seed)
+    step("stage 1a prefix-tune: 16 (image, sound caption) pairs")
+    run_prefix_tuning(base, out / "models" / "1a-prefix-tune", world, seed)
 
     feature_dataset(processor, world, world.scenes(size.align_pairs, "align")).save_to_disk(out / "align-features")
     evaluate = _evaluator(processor, world, world.scenes(size.test_clips, "test"))
-    prefixed = _load(out / "models" / "1a-prefix")
+    prefixed = _load(out / "models" / "1a-prefix-tune")
     rows = [evaluate(prefixed, "no_audio", "audiovisual", "aligned", use_audio=False),
             evaluate(prefixed, "random", "audio", "aligned")]
     return rows, image_f1, messages
@@ -205,16 +205,16 @@ def run_objective(out_dir: str, seed: int, size: ExperimentSize, objective: str,
     name = objective if objective != "ot" else f"ot_{solver}"
     rows = []
 
-    step(f"stage 1b: alignment, {name}")
+    step(f"stage 1b align: {name}")
     aligned_dir = out / "models" / f"1b-{name}"
-    run_alignment(out / "models" / "1a-prefix", aligned_dir, align_data, objective, solver, size, seed)
+    run_alignment(out / "models" / "1a-prefix-tune", aligned_dir, align_data, objective, solver, size, seed)
     aligned = _load(aligned_dir)
     for mode in ("audio", "audiovisual"):
         rows.append(evaluate(aligned, name, mode, "aligned"))
     if objective == "attentive_ot" or (objective, solver) == size.objectives[-1]:
         rows.append(evaluate(aligned, "silence", "audio", "aligned", silence=True))
     if size.distill and size.distill_clips:
-        step(f"stage 2: pseudo-captions and distillation, {name}")
+        step(f"stages 2a pseudo-caption and 2b distill: {name}")
         distilled = run_distillation(aligned_dir, out / "models" / f"2-{name}", world, size, seed)
         # the distilled audio projector was trained on "<audio> + instruction" without the prefix
         # (DistillationConfig.use_prefix): its audio-only captions use that prompt
