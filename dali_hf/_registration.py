@@ -18,20 +18,18 @@ from .modeling import (
     LlavaAudioForConditionalGeneration,
     LlavaAudioProcessor,
 )
+from .modeling.modeling_llava_audio import CAPTIONER_AUTO_CLASSES
 from .modeling.pipeline_audio_captioning import AudioCaptioningPipeline
-
-# Auto classes that give the captioner itself: the user's `AutoModel.from_pretrained("org/dali-...")` must
-# caption, so AutoModel maps to the generation class too.
-MODEL_AUTO_CLASSES = [AutoModel, AutoModelForImageTextToText]
-if hasattr(transformers, "AutoModelForMultimodalLM"):
-    MODEL_AUTO_CLASSES.append(transformers.AutoModelForMultimodalLM)
 
 
 def register() -> None:
     """Register config, model and processor with the Auto classes, and mark them for remote-code saving."""
     AutoConfig.register(LlavaAudioConfig.model_type, LlavaAudioConfig, exist_ok=True)
-    for auto_class in MODEL_AUTO_CLASSES:
-        auto_class.register(LlavaAudioConfig, LlavaAudioForConditionalGeneration, exist_ok=True)
+    # the Auto classes that give the captioner itself (AutoModel too: `AutoModel.from_pretrained("org/dali-...")`
+    # must caption); the same list that saved folders name in their `auto_map`
+    for name in CAPTIONER_AUTO_CLASSES:
+        if hasattr(transformers, name):  # AutoModelForMultimodalLM is recent
+            getattr(transformers, name).register(LlavaAudioConfig, LlavaAudioForConditionalGeneration, exist_ok=True)
     AutoProcessor.register(LlavaAudioConfig, LlavaAudioProcessor, exist_ok=True)
 
     # `save_pretrained` then copies the modeling/ files and writes `auto_map`.
@@ -51,3 +49,4 @@ def register() -> None:
     if "audio-captioning" not in PIPELINE_REGISTRY.get_supported_tasks():
         PIPELINE_REGISTRY.register_pipeline("audio-captioning", pipeline_class=AudioCaptioningPipeline,
                                             pt_model=AutoModelForImageTextToText, type="multimodal")
+    LlavaAudioConfig.locally_registered_tasks = ("audio-captioning",)

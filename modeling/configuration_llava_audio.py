@@ -41,6 +41,10 @@ class LlavaAudioConfig(PreTrainedConfig):
     """
 
     model_type = "llava_audio"
+    # Tasks whose pipeline an installed dali_hf has registered (its registration sets this). Saved configs name the
+    # captioning pipeline as remote code, for Pythons without dali_hf; where the task is registered, the registered
+    # pipeline is used instead, without asking for trust_remote_code.
+    locally_registered_tasks = ()
     # LLaVA's name for the image placeholder (llava-hf configs and LLaVA tooling read and write it)
     attribute_map = {"image_token_index": "image_token_id"}
     sub_configs_defaults = {
@@ -88,7 +92,8 @@ class LlavaAudioConfig(PreTrainedConfig):
         audio_config = self.audio_config
         if isinstance(audio_config, dict) and audio_config.get("model_type") == CavMaeAudioConfig.model_type:
             self.audio_config = CavMaeAudioConfig(**audio_config)
-        custom_pipelines = _without_locally_registered(kwargs.pop("custom_pipelines", None))
+        custom_pipelines = {task: info for task, info in (kwargs.pop("custom_pipelines", None) or {}).items()
+                            if task not in self.locally_registered_tasks}
         if custom_pipelines:
             kwargs["custom_pipelines"] = custom_pipelines
         super().__post_init__(**kwargs)
@@ -122,16 +127,3 @@ def audio_token_count(audio_config: PreTrainedConfig) -> int | None:
         c = audio_config
         return (c.num_mel_bins // c.patch_size) * (c.target_length // c.patch_size)
     return None
-
-
-def _without_locally_registered(custom_pipelines: dict | None) -> dict | None:
-    """Saved folders name their pipeline as remote code (for Pythons without dali_hf); where dali_hf has registered
-    the task itself, the registered pipeline is used, without asking for trust_remote_code."""
-    if not custom_pipelines:
-        return custom_pipelines
-    from transformers.pipelines import PIPELINE_REGISTRY
-
-    registered = PIPELINE_REGISTRY.supported_tasks
-    return {task: info for task, info in custom_pipelines.items()
-            if task not in registered
-            or not str(info.get("impl", "")).endswith("." + registered[task]["impl"].__name__)}

@@ -48,7 +48,6 @@ __all__ = [
     "LlavaAudioForConditionalGeneration",
     "LlavaAudioModelOutputWithPast",
     "LlavaAudioCausalLMOutputWithPast",
-    "LlavaAudioTokensOutput",
 ]
 
 
@@ -64,14 +63,6 @@ class LlavaAudioCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
     """Language-model output; `audio_hidden_states` are the projected audio features scattered into the sequence."""
 
     audio_hidden_states: torch.FloatTensor | None = None
-
-
-@dataclass
-class LlavaAudioTokensOutput(ModelOutput):
-    """The two token sets that DALI aligns, [batch, tokens, vision width]: `get_audio_tokens` and `get_image_tokens`."""
-
-    audio_tokens: torch.FloatTensor | None = None
-    image_tokens: torch.FloatTensor | None = None
 
 
 class LlavaAudioPreTrainedModel(PreTrainedModel):
@@ -91,7 +82,7 @@ class LlavaAudioPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, LlavaAudioModel):
-            init.normal_(module.prefix_embeddings, mean=0.0, std=1e-4)  # N(0, 1e-4), as in DALI
+            _init_prefix(module.prefix_embeddings)
 
 
 class LlavaAudioTokensMixin:
@@ -375,7 +366,7 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
         # Every auto class that gives the captioner, for loads through trust_remote_code without dali_hf.
         entry = f"{_MODULE}.{type(self).__name__}"
         self.config.auto_map = (getattr(self.config, "auto_map", None) or {}) | {
-            auto_class: entry for auto_class in _CAPTIONER_AUTO_CLASSES
+            auto_class: entry for auto_class in CAPTIONER_AUTO_CLASSES
         }
         # The captioning pipeline travels with the model: `pipeline(model=folder, trust_remote_code=True)`.
         self.config.custom_pipelines = {
@@ -425,16 +416,10 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> LlavaAudioCausalLMOutputWithPast | LlavaAudioTokensOutput:
-        r"""Captioning forward pass. Without text (no `input_ids`, no `inputs_embeds`) the model instead encodes its
-        inputs into the space DALI aligns and returns a [`LlavaAudioTokensOutput`]: this is how the alignment
-        trainer calls it, so that wrappers such as DDP see a forward pass."""
-        if input_ids is None and inputs_embeds is None:
-            return LlavaAudioTokensOutput(
-                audio_tokens=None if input_features is None else self.get_audio_tokens(input_features,
-                                                                                         input_features_mask),
-                image_tokens=None if pixel_values is None else self.get_image_tokens(pixel_values),
-            )
+    ) -> LlavaAudioCausalLMOutputWithPast:
+        r"""Captioning forward pass: LLaVA's, with audio features and the learned prefix scattered into the
+        sequence at their placeholder tokens. The token sets that DALI aligns come from `get_audio_tokens` and
+        `get_image_tokens`."""
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -486,27 +471,23 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
             audio_encoder: a path / Hub id, a `PreTrainedModel` (its weights are kept) or a `PretrainedConfig`
                 (random weights).
             num_prefix_tokens: learned prefix length (16 in the paper).
-            processor: a [`LlavaAudioProcessor`] whose placeholder token ids to use. Without it, and without
-                explicit ids, the ids are those `LlavaAudioProcessor.from_llava` assigns to the tokenizer at `llava`.
+            processor: the [`LlavaAudioProcessor`] built for this captioner (`LlavaAudioProcessor.from_llava`), whose
+                `<audio>` and `<prefix>` token ids the model uses; or give `audio_token_id` and `prefix_token_id`.
             **kwargs: passed to `from_pretrained` for paths (`dtype`, `device_map`, `revision`...).
         """
-        from transformers import AutoTokenizer, LlavaForConditionalGeneration
+        from transformers import LlavaForConditionalGeneration
 
-        if isinstance(llava, str):
-            if processor is None and (audio_token_id is None or prefix_token_id is None):
-                tokenizer = AutoTokenizer.from_pretrained(llava, revision=kwargs.get("revision"))
-                audio_token_id, prefix_token_id = _placeholder_ids_for(tokenizer)
-            llava = LlavaForConditionalGeneration.from_pretrained(llava, **kwargs)
         if processor is not None:
             audio_token_id, prefix_token_id = processor.audio_token_id, processor.prefix_token_id
         if audio_token_id is None or prefix_token_id is None:
             raise ValueError(
-                "from_llava needs the <audio> and <prefix> token ids when `llava` is a model object: pass "
-                "processor=LlavaAudioProcessor.from_llava(...) or audio_token_id= and prefix_token_id=."
+                "from_llava needs the <audio> and <prefix> token ids: pass processor=LlavaAudioProcessor.from_llava("
+                "llava, feature_extractor) (build the processor first), or audio_token_id= and prefix_token_id=."
             )
+        if isinstance(llava, str):
+            llava = LlavaForConditionalGeneration.from_pretrained(llava, **kwargs)
         if isinstance(audio_encoder, str):
             audio_encoder = AutoModel.from_pretrained(audio_encoder, **kwargs)
-        audio_config = audio_encoder if not isinstance(audio_encoder, PreTrainedModel) else audio_encoder.config
 
         encoder = audio_encoder if isinstance(audio_encoder, PreTrainedModel) else None
         audio_config = audio_encoder.config if encoder is not None else audio_encoder
@@ -548,11 +529,16 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
         parts.prefix_embeddings = nn.Parameter(
             torch.empty(num_prefix_tokens, config.text_config.hidden_size, device=device, dtype=dtype)
         )
-        init.normal_(parts.prefix_embeddings, mean=0.0, std=1e-4)
+        _init_prefix(parts.prefix_embeddings)
         still_meta = [name for name, p in model.named_parameters() if p.is_meta]
         if still_meta and device.type != "meta":  # a bug here, never a user error (a meta LLaVA gives a meta model)
             raise RuntimeError(f"from_llava left parameters unbuilt: {still_meta[:5]}")
         return model
+
+
+def _init_prefix(prefix_embeddings: torch.Tensor) -> None:
+    """N(0, 1e-4), as DALI initialises its prefix."""
+    init.normal_(prefix_embeddings, mean=0.0, std=1e-4)
 
 
 def _suppress_placeholders(generation_config, config: LlavaAudioConfig):
@@ -581,7 +567,8 @@ def build_audio_encoder(audio_config):
 _MODULE = __name__.rsplit(".", 1)[-1]
 _PIPELINE_MODULE = "pipeline_audio_captioning"
 _PIPELINE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{_PIPELINE_MODULE}.py")
-_CAPTIONER_AUTO_CLASSES = ("AutoModel", "AutoModelForImageTextToText", "AutoModelForMultimodalLM")
+# The Auto classes that give the captioner: saved in `auto_map` (remote code) and registered by dali_hf
+CAPTIONER_AUTO_CLASSES = ("AutoModel", "AutoModelForImageTextToText", "AutoModelForMultimodalLM")
 
 # LLaVA settings that the captioner keeps as they are
 _LLAVA_FIELDS = (
@@ -621,9 +608,3 @@ def _position_in_run(mask: torch.Tensor) -> torch.Tensor:
 
 def _num_feature_layers(config) -> int:
     return 1 if isinstance(config.vision_feature_layer, int) else len(config.vision_feature_layer)
-
-
-def _placeholder_ids_for(tokenizer) -> tuple[int, int]:
-    from .processing_llava_audio import placeholder_token_ids
-
-    return placeholder_token_ids(tokenizer)

@@ -60,11 +60,12 @@ def make_trainer(llava_parts, data, tmp_path, **overrides):
                                               ("ot", "sinkhorn"), ("attentive_ot", "exact")])
 def test_each_objective_lowers_its_loss(llava_parts, data, tmp_path, objective, solver):
     trainer = make_trainer(llava_parts, data, tmp_path, objective=objective, solver=solver)
-    frozen = {n: p.clone() for n, p in trainer.model.named_parameters() if "audio" not in n}
+    captioner = trainer.model.captioner  # the whole captioner given, aligned through its shared parts
+    frozen = {n: p.clone() for n, p in captioner.named_parameters() if "audio" not in n}
     trainer.train()
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert np.mean(losses[-4:]) < np.mean(losses[:4]), losses
-    for name, param in trainer.model.named_parameters():  # LLaVA untouched
+    for name, param in captioner.named_parameters():  # LLaVA untouched, language model included
         if name in frozen:
             assert torch.equal(param, frozen[name]), name
     if objective == "attentive_ot":

@@ -133,7 +133,9 @@ def test_from_llava_paths_with_legacy_weight_names(llava_parts, tmp_path):
     audio_config, feature_extractor = tiny_audio_encoder("ast")
     feature_extractor.save_pretrained(tmp_path / "fe")
     processor = LlavaAudioProcessor.from_llava(str(llava_dir), str(tmp_path / "fe"), audio_config=audio_config)
-    model = LlavaAudioForConditionalGeneration.from_llava(str(llava_dir), audio_config)
+    with pytest.raises(ValueError, match="from_llava needs the <audio> and <prefix> token ids: pass processor="):
+        LlavaAudioForConditionalGeneration.from_llava(str(llava_dir), audio_config)
+    model = LlavaAudioForConditionalGeneration.from_llava(str(llava_dir), audio_config, processor=processor)
     assert (model.config.audio_token_id, model.config.prefix_token_id) == (
         processor.audio_token_id, processor.prefix_token_id)
     ours = model.state_dict()

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainingArguments
 
+from ..modeling import LlavaAudioForConditionalGeneration
 from .collators import AlignmentCollator, FeatureAugmentation
 from .lean import LlavaAudioAlignmentModel, load_alignment_model, load_alignment_weights
 from .objectives import (
@@ -124,6 +125,8 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
         args = args or AlignmentConfig(output_dir="outputs/alignment")
         if isinstance(model, str | os.PathLike):
             model = load_alignment_model(model)
+        elif isinstance(model, LlavaAudioForConditionalGeneration):  # a whole captioner: aligned through its parts
+            model = LlavaAudioAlignmentModel.from_captioner(model)
         if data_collator is None:
             if processing_class is None:
                 raise ValueError("pass processing_class=LlavaAudioProcessor (or a data_collator)")

@@ -12,6 +12,9 @@ Alignment runs the frozen vision tower and the trained audio tower + `audio_to_v
   (same config, remote code, pipeline and shard layout as a save of the whole model);
 - a Trainer checkpoint (a complete captioner) is resumed by reading only these parts back ([`load_alignment_weights`]).
 
+A captioner already in memory is aligned through the same model: `LlavaAudioAlignmentModel.from_captioner(captioner)`
+shares its three parts (no copy) and saves through it.
+
 The token functions are the captioner's own (`LlavaAudioTokensMixin.get_image_tokens` / `get_audio_tokens`), so the
 alignment losses and gradients are those of the whole model.
 """
@@ -20,23 +23,25 @@ import copy
 import json
 import os
 from contextlib import ExitStack
+from dataclasses import dataclass
 
 import torch
 from safetensors import safe_open
 from torch import nn
 from transformers import AutoModel, GenerationConfig
 from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.modeling_outputs import ModelOutput
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from ..modeling.modeling_llava_audio import (
     LlavaAudioForConditionalGeneration,
     LlavaAudioPreTrainedModel,
     LlavaAudioTokensMixin,
-    LlavaAudioTokensOutput,
     build_audio_encoder,
 )
 
-__all__ = ["ALIGNMENT_PARTS", "LlavaAudioAlignmentModel", "load_alignment_model", "load_alignment_weights"]
+__all__ = ["ALIGNMENT_PARTS", "LlavaAudioAlignmentModel", "LlavaAudioTokensOutput", "load_alignment_model",
+           "load_alignment_weights"]
 
 ALIGNMENT_PARTS = ("vision_tower", "audio_tower", "audio_to_vision")
 _PREFIXES = tuple(f"model.{part}." for part in ALIGNMENT_PARTS)
@@ -45,6 +50,14 @@ _PREFIXES = tuple(f"model.{part}." for part in ALIGNMENT_PARTS)
 def is_alignment_key(key: str) -> bool:
     """Whether a captioner weight name belongs to the parts that alignment runs."""
     return key.startswith(_PREFIXES)
+
+
+@dataclass
+class LlavaAudioTokensOutput(ModelOutput):
+    """The two token sets that DALI aligns, [batch, tokens, vision width]: `get_audio_tokens` and `get_image_tokens`."""
+
+    audio_tokens: torch.FloatTensor | None = None
+    image_tokens: torch.FloatTensor | None = None
 
 
 class LlavaAudioAlignmentParts(LlavaAudioTokensMixin, LlavaAudioPreTrainedModel):
@@ -64,8 +77,9 @@ class LlavaAudioAlignmentModel(LlavaAudioPreTrainedModel):
 
     Load it from a captioner folder (`LlavaAudioAlignmentModel.from_pretrained(folder)`, same arguments as the
     captioner's); `save_pretrained` writes a complete captioner, taking the parts it does not hold from that folder,
-    which must therefore stay where it is and cannot be the folder saved to. Called without text, like the captioner,
-    it returns the two token sets that alignment compares ([`LlavaAudioTokensOutput`]).
+    which must therefore stay where it is and cannot be the folder saved to. Built from a captioner in memory
+    (`from_captioner`), it shares that captioner's parts and saves it. Its forward pass returns the two token sets
+    that alignment compares ([`LlavaAudioTokensOutput`]).
     """
 
     def __init__(self, config):
@@ -75,6 +89,21 @@ class LlavaAudioAlignmentModel(LlavaAudioPreTrainedModel):
         self.source_files: list[str] = []  # the captioner's safetensors files, set by from_pretrained
         self.captioner_generation_config: GenerationConfig | None = None
         self.load_dtype: torch.dtype | None = None  # a dtype asked of from_pretrained: the other parts are saved in it
+        # the whole captioner whose parts this model shares (from_captioner); kept out of the module tree, so its
+        # language model is neither a submodule here nor moved, wrapped or saved as part of this model
+        self.__dict__["captioner"] = None
+
+    @classmethod
+    def from_captioner(cls, captioner: LlavaAudioForConditionalGeneration) -> "LlavaAudioAlignmentModel":
+        """The alignment parts of `captioner`, shared (training this model trains the captioner), with its config
+        (the stage record goes into it); `save_pretrained` saves the whole captioner."""
+        with torch.device("meta"):
+            model = cls(captioner.config)
+        for part in ALIGNMENT_PARTS:
+            setattr(model.model, part, getattr(captioner.model, part))
+        model.config = model.model.config = captioner.config
+        model.__dict__["captioner"] = captioner
+        return model
 
     def get_image_tokens(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
         """See [`LlavaAudioModel.get_image_tokens`]."""
@@ -142,6 +171,11 @@ class LlavaAudioAlignmentModel(LlavaAudioPreTrainedModel):
         """Write a complete LlavaAudio captioner to `save_directory`: this model's tensors (or `state_dict`, e.g.
         gathered by FSDP), every other tensor of the captioner it was loaded from, and the captioner's config, code
         and generation settings, exactly as `LlavaAudioForConditionalGeneration.save_pretrained` writes them."""
+        if self.captioner is not None:
+            if state_dict is not None:  # e.g. gathered by FSDP: this model's parts, under the captioner's names
+                state_dict = {**self.captioner.state_dict(), **state_dict}
+            return self.captioner.save_pretrained(save_directory, *args, state_dict=state_dict,
+                                                  is_main_process=is_main_process, **kwargs)
         if not self.source_files:
             raise ValueError("this LlavaAudioAlignmentModel was not loaded from a captioner folder, so it has no "
                              "language model to save with: load it with LlavaAudioAlignmentModel.from_pretrained")
