@@ -31,7 +31,7 @@ VARIANTS = {
 
 
 def reduced_size():
-    from dali_hf.toyworld.experiment import ExperimentSize
+    from dali_hf.demo.experiment import ExperimentSize
 
     return ExperimentSize(captioner_scenes=1200, captioner_steps=500, align_pairs=800, align_epochs=8,
                           distill_clips=0, test_clips=150, objectives=(("attentive_ot", "exact"),), distill=False)
@@ -47,15 +47,15 @@ def run_seed(seed: int, out: Path, size, variants, objective: str = "attentive_o
         LlavaAudioForConditionalGeneration,
         LlavaAudioProcessor,
     )
-    from dali_hf.tiny import tiny_llava, tiny_llava_processor, tiny_tokenizer
-    from dali_hf.toyworld.experiment import (
+    from dali_hf.demo.experiment import (
         _evaluator,
         feature_dataset,
         run_alignment,
         run_prefix_tuning,
         train_captioner,
     )
-    from dali_hf.toyworld.world import ToyWorld, vocabulary
+    from dali_hf.demo.world import ToyWorld, vocabulary
+    from dali_hf.tiny import tiny_llava, tiny_llava_processor, tiny_tokenizer
 
     torch.manual_seed(seed)
     world = ToyWorld(seed)

@@ -210,7 +210,7 @@ def test_a_requested_dtype_saves_as_the_whole_model_does(folder, tmp_path):
 
 
 def test_memory_table_lean_row_drops_exactly_the_unloaded_parts(monkeypatch):
-    from dali_hf import memory
+    from bench import memory
     from dali_hf.full_size import full_size_captioner, parameter_counts
 
     monkeypatch.setattr(memory, "_audio_fit", lambda *args: (1, 1))  # activations are not what is checked here
@@ -225,7 +225,7 @@ def test_memory_table_lean_row_drops_exactly_the_unloaded_parts(monkeypatch):
 
 
 def test_largest_batch_that_fits_a_card():
-    from dali_hf.memory import CARD_HEADROOM_GIB, GiB, largest_batch
+    from bench.memory import CARD_HEADROOM_GIB, GiB, largest_batch
 
     row = {"weights": 10 * GiB, "gradients": GiB, "optimizer": GiB, "activations": 8 * GiB,
            "activations_checkpointed": 2 * GiB, "batch_per_device": 4}

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from dali_hf.toyworld import SMALL, ToyWorld, run_experiment, source_scores, sources_named
-from dali_hf.toyworld.world import AUDIBLE, KINDS
+from dali_hf.demo import SMALL, ToyWorld, run_experiment, source_scores, sources_named
+from dali_hf.demo.world import AUDIBLE, KINDS
 
 
 def test_world_is_deterministic_and_consistent():
@@ -57,7 +57,7 @@ def test_same_seed_same_table_sequential_or_parallel_under_load(tmp_path):
 
     import torch
 
-    from dali_hf.toyworld import ExperimentSize
+    from dali_hf.demo import ExperimentSize
 
     tiny = ExperimentSize(captioner_scenes=120, captioner_steps=50, align_pairs=64, align_epochs=2, distill_clips=16,
                           test_clips=8, objectives=(("contrastive", "exact"), ("attentive_ot", "exact")), distill=True)
@@ -83,7 +83,7 @@ def test_same_seed_same_table_sequential_or_parallel_under_load(tmp_path):
 
 
 def test_seed_summary_by_hand(tmp_path):
-    from dali_hf.toyworld.seeds import COLUMNS, write_seed_summary
+    from dali_hf.demo.seeds import COLUMNS, write_seed_summary
 
     def rows(f1, extra=()):
         keys = [("ot_exact", "audio", "aligned"), ("mmd", "audio", "aligned"), *extra]

@@ -20,9 +20,9 @@ import shutil
 import time
 from pathlib import Path
 
-from .toyworld import FULL, SMALL, ToyWorld, run_experiments
-from .toyworld.experiment import single_threaded
-from .toyworld.seeds import write_seed_summary
+from .experiment import FULL, SMALL, run_experiments, single_threaded
+from .seeds import write_seed_summary
+from .world import ToyWorld
 
 SIZES = {"full": FULL, "small": SMALL}
 
