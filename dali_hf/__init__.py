@@ -1,5 +1,14 @@
 """dali-hf: DALI zero-shot audio captioning (NeurIPS 2024) for the Hugging Face stack.
 
+Layout, imports flowing one way (`tests/test_import_graph.py` checks it):
+
+    modeling/      the model files the Hub gets (config, model, processor, feature extractor, pipeline, media)
+    model_cards/   the model card template and its rendering
+    trainers/      the stages' Trainer subclasses, configs and objectives    imports modeling, model_cards
+    dali_hf/*.py   the CLI, recipe, conversion, data, evaluation, metrics, Hub uploads, registration and the tiny
+                   builders of `testing`                                      imports all of the above
+    dali_hf/demo/  `make demo`: the toy world                                 imports anything; nothing imports it
+
 Importing the package registers `llava_audio` with the Auto classes, so `AutoConfig`, `AutoModel`,
 `AutoModelForImageTextToText` and `AutoProcessor` load DALI checkpoints without `trust_remote_code`.
 The public names below are imported on first use.

@@ -1,7 +1,9 @@
-"""The LlavaAudio model folder: exactly the files `save_pretrained` copies for `trust_remote_code`.
+"""The LlavaAudio model folder, what the Hub gets: config, model, processor, feature extractor, pipeline and the media
+rules they share (`media.py`); `save_pretrained` copies these files for `trust_remote_code`.
 
-Files here import only torch, torchaudio, numpy, transformers and each other (relative imports), so the Hub copy
-loads without dali_hf.
+Files here import only torch, transformers, numpy and each other (relative imports), so the Hub copy loads without
+dali_hf; the media decoders (torchaudio, torchcodec, soundfile, PIL) are imported inside the functions that decode.
+Nothing here imports the rest of dali_hf.
 """
 
 from .configuration_cav_mae import CavMaeAudioConfig

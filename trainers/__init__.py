@@ -1,4 +1,7 @@
-"""DALI's training stages as Trainer subclasses, and their objectives."""
+"""DALI's training stages as Trainer subclasses (`STAGES` in `stages.py` names them), their configs, collators and
+objectives (`objectives/`), and the language-model-free model that alignment trains (`lean.py`).
+
+May import `dali_hf.modeling` and `dali_hf.model_cards`, never dali_hf's top-level modules (which import this)."""
 
 from .alignment import SCORERS_NAME, AlignmentConfig, DistributionAlignmentTrainer
 from .collators import AlignmentCollator, CaptionCollator
