@@ -22,9 +22,9 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["AUDIO_EXTENSIONS", "CHANNEL_POLICIES", "FRAME_POSITIONS", "IMAGE_EXTENSIONS", "MAX_CHANNELS",
+__all__ = ["AUDIO_EXTENSIONS", "CHANNEL_POLICIES", "IMAGE_EXTENSIONS", "MAX_CHANNELS",
            "MEDIA_EXTENSIONS", "VIDEO_EXTENSIONS", "AudioInputError", "AudioSource", "TruncatedAudioError", "as_array",
-           "channels_first", "check_sampling_rate", "downmix", "frame_at", "frame_seconds", "is_video", "load_image",
+           "channels_first", "check_channel_policy", "check_sampling_rate", "downmix", "frame_at", "frame_seconds", "is_video", "load_image",
            "pcm_to_float", "prepare_audio", "to_mono_rate"]
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac")
@@ -33,7 +33,6 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 MEDIA_EXTENSIONS = AUDIO_EXTENSIONS + VIDEO_EXTENSIONS  # what carries sound
 CHANNEL_POLICIES = ("mean", "first")
 MAX_CHANNELS = 8  # the short axis of a 2-D clip is its channel axis when it is at most this long
-FRAME_POSITIONS = ("middle", "first")  # or a time in seconds
 
 
 class AudioInputError(ValueError):
@@ -242,6 +241,7 @@ def downmix(samples: np.ndarray, channel_policy: str = "mean") -> np.ndarray:
 
 
 def check_channel_policy(channel_policy: str) -> str:
+    """`channel_policy` if it is one of `CHANNEL_POLICIES`, else an error listing them."""
     if channel_policy not in CHANNEL_POLICIES:
         raise ValueError(f"channel_policy must be one of {CHANNEL_POLICIES}, got {channel_policy!r}")
     return channel_policy
