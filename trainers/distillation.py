@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .arguments import PromptPreset, check_choices
 from .collators import CaptionCollator
 from .lora import inject_lora, merge_lora
 from .pseudo_captions import PSEUDO_CAPTIONS_FILE, SKIPPED_FILE, attach_captions, generate_pseudo_captions
@@ -28,22 +29,113 @@ __all__ = [
 
 @dataclass
 class DistillationConfig(TrainingArguments):
-    """Defaults of the reference code: lr 2e-4, cosine, warmup 3%, 1 epoch (paper: batch 40)."""
+    r"""
+    Configuration class for [`AudioVisualDistillationTrainer`], stage 2 of DALI: fine-tune the audio projector on
+    pseudo-captions, from audio alone (docs/method.md, section 5).
 
-    prompt: str | None = field(default=None, metadata={"help": "instruction; default: the processor's"})
-    prompt_preset: str | None = field(default=None, metadata={"help": "system texts: 'llava' (none) or 'reference' "
-                                                                      "(the authors'); default: the processor's"})
-    use_prefix: bool = field(default=False, metadata={"help": "keep the learned prefix in the audio prompt"})
-    learning_rate: float = field(default=2e-4)
-    lr_scheduler_type: str = field(default="cosine")
-    warmup_ratio: float = field(default=0.03)
-    num_train_epochs: float = field(default=1.0)
-    remove_unused_columns: bool = field(default=False)
-    lora_r: int = field(default=0, metadata={"help": "rank of LoRA adapters on the language model; 0 = off (the "
-                                                     "paper trains the audio projector only)"})
-    lora_alpha: int = field(default=16)
-    lora_dropout: float = field(default=0.05)
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    This class includes only the parameters that are specific to distillation, and those whose defaults differ from
+    [`~transformers.TrainingArguments`]: the settings of the authors' code (the paper: batch 40). For the other
+    training arguments, see [`~transformers.TrainingArguments`]. Using [`~transformers.HfArgumentParser`], this class
+    gives the flags of `dali-hf distill`.
+
+    Parameters:
+        > Parameters that control the prompt
+
+        prompt (`str` or `None`, *optional*, defaults to `None`):
+            Instruction after the audio tokens; `None` means the processor's `default_prompt` ("Describe the sound
+            that can be heard in this scene.").
+        prompt_preset (`str` or `None`, *optional*, defaults to `None`):
+            System text put before the prompt: `"llava"` (none) or `"reference"` (that of the authors' training
+            code); `None` means the processor's `prompt_preset`.
+        use_prefix (`bool`, *optional*, defaults to `False`):
+            Keep the learned prefix after the audio tokens (the authors' code distils without it).
+
+        > Parameters that control LoRA on the language model (an extension)
+
+        lora_r (`int`, *optional*, defaults to `0`):
+            Rank of LoRA adapters on the language model, trained with the audio projector and merged into it when
+            the model is saved; 0 turns them off (the paper trains the audio projector only). With LoRA, image
+            captioning is no longer exactly LLaVA's.
+        lora_alpha (`int`, *optional*, defaults to `16`):
+            LoRA scaling: the adapters' update is multiplied by `lora_alpha / lora_r`.
+        lora_dropout (`float`, *optional*, defaults to `0.05`):
+            Dropout on the adapters' input.
+        lora_target_modules (`list[str]`, *optional*, defaults to `["q_proj", "v_proj"]`):
+            Names of the language model's linear layers that get adapters.
+
+        > Parameters whose defaults differ from TrainingArguments
+
+        learning_rate (`float`, *optional*, defaults to `2e-4`):
+            Initial learning rate of the optimiser (the authors' code: 2e-4).
+        lr_scheduler_type (`str`, *optional*, defaults to `"cosine"`):
+            Learning-rate schedule (the authors' code: cosine).
+        warmup_ratio (`float`, *optional*, defaults to `0.03`):
+            The authors' warm-up share of the steps, recorded in the model card. The Trainer's warm-up is
+            `warmup_steps` (a number below 1 is a share of the steps); this field does not set it.
+        num_train_epochs (`float`, *optional*, defaults to `1.0`):
+            Passes over the pseudo-captioned clips (the authors' code: 1).
+        remove_unused_columns (`bool`, *optional*, defaults to `False`):
+            Keep every dataset column: the collator reads `audio` and `caption`, which the model's forward does not
+            name.
+    """
+
+    # Parameters that control the prompt
+    prompt: str | None = field(
+        default=None,
+        metadata={"help": "Instruction after the audio tokens; `None` means the processor's `default_prompt` "
+                          "(\"Describe the sound that can be heard in this scene.\")."},
+    )
+    prompt_preset: PromptPreset | None = field(
+        default=None,
+        metadata={"help": "System text put before the prompt: `\"llava\"` (none) or `\"reference\"` (that of the "
+                          "authors' training code); `None` means the processor's `prompt_preset`."},
+    )
+    use_prefix: bool = field(
+        default=False,
+        metadata={"help": "Keep the learned prefix after the audio tokens (the authors' code distils without it)."},
+    )
+
+    # Parameters that control LoRA on the language model (an extension)
+    lora_r: int = field(
+        default=0,
+        metadata={"help": "Rank of LoRA adapters on the language model, trained with the audio projector and merged "
+                          "into it when the model is saved; 0 turns them off (the paper trains the audio projector "
+                          "only). With LoRA, image captioning is no longer exactly LLaVA's."},
+    )
+    lora_alpha: int = field(
+        default=16,
+        metadata={"help": "LoRA scaling: the adapters' update is multiplied by `lora_alpha / lora_r`."},
+    )
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the adapters' input."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        metadata={"help": "Names of the language model's linear layers that get adapters."},
+    )
+
+    # Parameters whose defaults differ from TrainingArguments
+    learning_rate: float = field(
+        default=2e-4, metadata={"help": "Initial learning rate of the optimiser (the authors' code: 2e-4)."}
+    )
+    lr_scheduler_type: str = field(
+        default="cosine", metadata={"help": "Learning-rate schedule (the authors' code: cosine)."}
+    )
+    warmup_ratio: float = field(
+        default=0.03,
+        metadata={"help": "The authors' warm-up share of the steps, recorded in the model card. The Trainer's warm-up "
+                          "is `warmup_steps` (a number below 1 is a share of the steps); this field does not set it."},
+    )
+    num_train_epochs: float = field(
+        default=1.0, metadata={"help": "Passes over the pseudo-captioned clips (the authors' code: 1)."}
+    )
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Keep every dataset column: the collator reads `audio` and `caption`, which the model's "
+                          "forward does not name."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choices(self)
 
 
 class AudioVisualDistillationTrainer(CaptionStageTrainer):
