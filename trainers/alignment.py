@@ -424,16 +424,37 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
 
         return audio, image, finish_attentive
 
+    # ---- the scorers' optimisation ----------------------------------------------------------------------------
+    # The scorers are a second trained model with its own optimiser, stepped here by hand rather than through
+    # accelerate's `prepare_model` / `prepare_optimizer`, which do not fit a model beside the Trainer's:
+    # - `prepare_model` wraps the forward in autocast under mixed precision, so the scorers (fp32 today) would run in
+    #   half precision and every bf16 / fp16 run would change; with FSDP2 it refuses a model without its optimiser,
+    #   with FSDP1 it shards the scorers as a model of their own, with DeepSpeed it returns them unwrapped (no
+    #   all-reduce); and the Trainer's `no_sync` covers its own model only, so DDP would all-reduce every micro-batch.
+    # - a prepared optimiser calls `scaler.update()` after its own step under fp16, so with the Trainer's optimiser the
+    #   shared GradScaler would move twice per step and one optimiser would unscale with the other's new scale. Here the
+    #   scorers step through `scaler.step` only, and the Trainer's step updates the scale once for both.
+    # - accelerate's `register_for_checkpointing` is read by `save_state`, which the Trainer's checkpoints never call:
+    #   the scorer optimiser goes into the Trainer's checkpoint folder beside its own (see "the scorers in checkpoints").
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.scorers is not None and self.accelerator.sync_gradients:
-            if self.accelerator.num_processes > 1:
-                for param in self.scorers.parameters():
-                    if param.grad is not None:
-                        param.grad = self.accelerator.reduce(param.grad, reduction="mean")
-            self.scorer_optimizer.step()
-            self.scorer_optimizer.zero_grad(set_to_none=True)
+            self._step_scorers()
         return loss
+
+    def _step_scorers(self) -> None:
+        """One optimiser step of the scorers on their gradients, averaged over processes (each saw its own clips)."""
+        if self.accelerator.num_processes > 1:
+            for param in self.scorers.parameters():
+                if param.grad is not None:
+                    param.grad = self.accelerator.reduce(param.grad, reduction="mean")
+        scaler = self.accelerator.scaler  # fp16: the loss was scaled, so are the scorers' gradients
+        if scaler is None:
+            self.scorer_optimizer.step()
+        else:
+            scaler.step(self.scorer_optimizer)  # unscales, skips the step on inf / NaN gradients
+        self.scorer_optimizer.zero_grad(set_to_none=True)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
