@@ -43,8 +43,8 @@ class AlignmentConfig(TrainingArguments):
     tokens to that of the frozen image tokens (docs/method.md, section 3).
 
     This class includes only the parameters that are specific to the alignment stage, and those whose defaults differ
-    from [`~transformers.TrainingArguments`]: the optimiser settings of the authors' code. Batch size and epochs are
-    the user's (the paper: 256 and 20). For the other training arguments, see [`~transformers.TrainingArguments`].
+    from [`~transformers.TrainingArguments`]: the optimiser settings of the authors' code, and two that the stage's
+    data and DDP need. Batch size and epochs are the user's (the paper: 256 and 20). For the other training arguments, see [`~transformers.TrainingArguments`].
     Using [`~transformers.HfArgumentParser`], this class gives the flags of `dali-hf align`.
 
     Parameters:
@@ -501,6 +501,9 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
         super().log(logs, start_time)
 
     # ---- the scorers in checkpoints --------------------------------------------------------------------------
+    # The Trainer writes and reads its checkpoint's optimiser, scheduler and scaler in these two methods (it never
+    # calls accelerate's save_state / load_state), and no public hook sees the checkpoint folder on both sides: the
+    # scorer optimiser rides along here, so `resume_from_checkpoint` restores it with the Trainer's.
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)

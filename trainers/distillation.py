@@ -18,10 +18,9 @@ from .stages import CaptionStageTrainer
 __all__ = [
     "DistillationConfig",
     "AudioVisualDistillationTrainer",
-    # defined in pseudo_captions.py and lora.py; importable from here as before
+    # defined in pseudo_captions.py (and merge_lora in lora.py); importable from here as before
     "generate_pseudo_captions",
     "attach_captions",
-    "merge_lora",
     "PSEUDO_CAPTIONS_FILE",
     "SKIPPED_FILE",
 ]
