@@ -131,6 +131,10 @@ def test_scorers_step_on_unscaled_gradients_and_skip_an_overflow(llava_parts, da
     overflowed = scorers_after_one_step(torch.amp.GradScaler("cpu", init_scale=float("inf")))
     for a, b in zip(start.values(), overflowed, strict=True):
         assert torch.equal(a, b)
+    trainer.args.uniform_epochs = 1  # the scorers idle: no gradient, no step (and no error from the scaler)
+    idle = scorers_after_one_step(torch.amp.GradScaler("cpu", init_scale=2.0**12))
+    for a, b in zip(start.values(), idle, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_overlapped_chunks_give_the_same_loss_and_gradients(llava_parts, data, tmp_path):

@@ -445,6 +445,8 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
 
     def _step_scorers(self) -> None:
         """One optimiser step of the scorers on their gradients, averaged over processes (each saw its own clips)."""
+        if all(param.grad is None for param in self.scorers.parameters()):
+            return  # an epoch of uniform weights: the scorers were not used (the same epoch on every process)
         if self.accelerator.num_processes > 1:
             for param in self.scorers.parameters():
                 if param.grad is not None:
