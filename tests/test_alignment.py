@@ -102,6 +102,42 @@ def test_scorers_get_gradient_only_from_their_objective(llava_parts, data, tmp_p
         assert torch.allclose(got.grad, expected, atol=1e-6)
 
 
+def test_scorers_step_on_unscaled_gradients_and_skip_an_overflow(llava_parts, data, tmp_path):
+    """Under fp16 the Trainer's backward scales the loss (accelerate's GradScaler), so the scorers' gradients are
+    scaled too: the scorers must step on the unscaled gradients, and skip a step whose gradients overflowed, as the
+    Trainer's own optimiser does. A CPU GradScaler stands in for the GPU one."""
+    import copy
+
+    trainer = make_trainer(llava_parts, data, tmp_path, objective="attentive_ot", uniform_epochs=0,
+                           lambda_values=[0.5])
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop
+    batch = trainer.data_collator([data[i] for i in range(4)])
+    start = copy.deepcopy(trainer.scorers.state_dict())
+
+    def scorers_after_one_step(scaler):
+        trainer.scorers.load_state_dict(start)
+        trainer.scorer_optimizer.state.clear()  # a fresh Adam
+        trainer.model.zero_grad()
+        trainer.accelerator.scaler = scaler
+        torch.manual_seed(0)
+        trainer.training_step(trainer.model, batch)
+        trainer.accelerator.scaler = None
+        return [p.detach().clone() for p in trainer.scorers.parameters()]
+
+    plain = scorers_after_one_step(None)
+    assert not all(torch.equal(a, b) for a, b in zip(plain, start.values(), strict=True))
+    scaled = scorers_after_one_step(torch.amp.GradScaler("cpu", init_scale=2.0**12))
+    for a, b in zip(plain, scaled, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-9)
+    overflowed = scorers_after_one_step(torch.amp.GradScaler("cpu", init_scale=float("inf")))
+    for a, b in zip(start.values(), overflowed, strict=True):
+        assert torch.equal(a, b)
+    trainer.args.uniform_epochs = 1  # the scorers idle: no gradient, no step (and no error from the scaler)
+    idle = scorers_after_one_step(torch.amp.GradScaler("cpu", init_scale=2.0**12))
+    for a, b in zip(start.values(), idle, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_overlapped_chunks_give_the_same_loss_and_gradients(llava_parts, data, tmp_path):
     trainer = make_trainer(llava_parts, data, tmp_path, objective="attentive_ot", uniform_epochs=0,
                            lambda_values=[0.5])

@@ -5,15 +5,11 @@ May import `dali_hf.modeling` and `dali_hf.model_cards`, never dali_hf's top-lev
 
 from .alignment import SCORERS_NAME, AlignmentConfig, DistributionAlignmentTrainer
 from .collators import AlignmentCollator, CaptionCollator
-from .distillation import (
-    AudioVisualDistillationTrainer,
-    DistillationConfig,
-    attach_captions,
-    generate_pseudo_captions,
-)
+from .distillation import AudioVisualDistillationTrainer, DistillationConfig
 from .lean import LlavaAudioAlignmentModel, load_alignment_model
 from .objectives import AttentiveMarginals, contrastive_loss, lambda_schedule, mmd_loss, ot_loss
 from .prefix import PrefixTuningConfig, PrefixTuningTrainer
+from .pseudo_captions import attach_captions, generate_pseudo_captions
 from .streaming import AlignmentStream
 
 __all__ = [

@@ -9,12 +9,14 @@ import itertools
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainingArguments
 
 from ..modeling import LlavaAudioForConditionalGeneration
+from .arguments import check_choices
 from .collators import AlignmentCollator, FeatureAugmentation
 from .lean import LlavaAudioAlignmentModel, load_alignment_model, load_alignment_weights
 from .objectives import (
@@ -33,66 +35,215 @@ __all__ = ["AlignmentConfig", "DistributionAlignmentTrainer", "SCORERS_NAME"]
 SCORERS_NAME = "attentive_ot_scorers.safetensors"  # the scorers' weights, beside the captioner's (also written by
 # the converter of the authors' checkpoints)
 SCORER_OPTIMIZER_NAME = "scorer_optimizer.pt"
-OBJECTIVES = ("contrastive", "mmd", "ot", "attentive_ot")
-ATTENTIVE_OT_GRADIENTS = ("plan", "reference")
 TRAINABLE = {"all": ("audio_tower", "audio_to_vision"), "projection": ("audio_to_vision",)}
 
 
 @dataclass
 class AlignmentConfig(TrainingArguments):
-    """Training arguments of the alignment stage. Defaults follow the reference code (docs/method.md, section 3):
-    Adam(0.95, 0.999), lr 1e-4, weight decay 5e-7; batch and epochs are the user's (paper: 256, 20)."""
+    r"""
+    Configuration class for [`DistributionAlignmentTrainer`], stage 1b of DALI: align the distribution of the audio
+    tokens to that of the frozen image tokens (docs/method.md, section 3).
 
-    objective: str = field(default="attentive_ot", metadata={"help": f"one of {OBJECTIVES}"})
-    solver: str = field(default="exact", metadata={"help": "OT solver: 'exact' (POT emd) or 'sinkhorn'"})
-    epsilon: float | None = field(default=None, metadata={"help": "sinkhorn epsilon, relative to the spread of the costs (default 0.05)"})
-    contrastive_temperature: float = field(default=0.05)
-    train_audio_parameters: str = field(
-        default="all", metadata={"help": "'all' (audio tower + audio_to_vision) or 'projection' (audio_to_vision)"}
+    This class includes only the parameters that are specific to the alignment stage, and those whose defaults differ
+    from [`~transformers.TrainingArguments`]: the optimiser settings of the authors' code, and two that the stage's
+    data and DDP need. Batch size and epochs are the user's (the paper: 256 and 20). For the other training arguments, see [`~transformers.TrainingArguments`].
+    Using [`~transformers.HfArgumentParser`], this class gives the flags of `dali-hf align`.
+
+    Parameters:
+        > Parameters that control the objective
+
+        objective (`str`, *optional*, defaults to `"attentive_ot"`):
+            What compares the audio tokens A and the image tokens I of each clip: `"contrastive"` (InfoNCE between
+            the clips' mean-pooled tokens, the baseline), `"mmd"` (squared maximum mean discrepancy with a mixture of
+            RBF kernels), `"ot"` (optimal transport with uniform token weights) or `"attentive_ot"` (optimal
+            transport with token weights given by two cross-attention scorers, the paper's method).
+        solver (`str`, *optional*, defaults to `"exact"`):
+            How `"ot"` and `"attentive_ot"` solve each clip's transport problem: `"exact"` (POT's network simplex, on
+            the CPU, as the authors' code) or `"sinkhorn"` (entropic OT, batched in torch on the tokens' device).
+        epsilon (`float` or `None`, *optional*, defaults to `None`):
+            Entropic regularisation of `solver="sinkhorn"`, relative to the spread of each clip's costs; `None` means
+            0.05. The exact solver ignores it.
+        contrastive_temperature (`float`, *optional*, defaults to `0.05`):
+            Temperature of the similarities in the `"contrastive"` objective.
+        ot_overlap_chunks (`int`, *optional*, defaults to `1`):
+            With the exact solver: split each batch into this many chunks, so that the CPU solves one chunk's OT
+            problems while the accelerator runs the next chunk's forward pass; `1` turns it off. The loss is the same.
+
+        > Parameters that control attentive OT's scorers
+
+        uniform_epochs (`int`, *optional*, defaults to `1`):
+            Epochs at the start that use uniform token weights, with the scorers idle (the paper: 1).
+        lambda_values (`list[float]`, *optional*, defaults to `[500.0, 400.0, 300.0, 200.0]`):
+            Entropy weight lambda of the scorers' loss OT(A, I; alpha, beta) - lambda (H(alpha) + H(beta)), one value
+            per epoch after the uniform ones.
+        lambda_final (`float`, *optional*, defaults to `100.0`):
+            Lambda of every epoch after those of `lambda_values`.
+        scorer_learning_rate (`float`, *optional*, defaults to `1e-4`):
+            Learning rate of the scorers' own Adam optimiser, whose betas are `adam_beta1` and `adam_beta2`.
+        scorer_num_heads (`int`, *optional*, defaults to `8`):
+            Attention heads of each scorer; they must divide the width of the image tokens.
+        scorer_temperature (`float`, *optional*, defaults to `20.0`):
+            Temperature of the softmax that turns a scorer's mean scores into token weights.
+        scorer_uniform_mix (`float`, *optional*, defaults to `0.5`):
+            Share of uniform weight mixed into the scorers' weights: w becomes (1 - mix) w + mix / tokens.
+        attentive_ot_gradient (`str`, *optional*, defaults to `"plan"`):
+            What reaches the audio encoder with `"attentive_ot"`: `"plan"` (the OT loss through the transport plan,
+            the weights held constant) or `"reference"` (the authors' step: the OT loss through the plan and the
+            weights, plus the gradient of the scorers' loss, OT - lambda (H(alpha) + H(beta))).
+
+        > Parameters that control what trains, and on what
+
+        train_audio_parameters (`str`, *optional*, defaults to `"all"`):
+            The trained part: `"all"` (the audio tower and `audio_to_vision`) or `"projection"` (`audio_to_vision`
+            only).
+        augment (`bool`, *optional*, defaults to `False`):
+            Augment the training features as the authors' alignment run does: noise U(0, 1) * r *
+            `augment_noise_scale` (one r ~ U(0, 1) per clip), then, with `augment_roll`, a random roll along time.
+            Evaluation batches are never augmented.
+        augment_noise_scale (`float`, *optional*, defaults to `0.1`):
+            Largest noise amplitude of `augment`, 0 or more (the authors': 1/10).
+        augment_roll (`bool`, *optional*, defaults to `True`):
+            With `augment`: roll each clip along time by an integer drawn from [-frames, frames) (the authors': on).
+
+        > Parameters whose defaults differ from TrainingArguments
+
+        learning_rate (`float`, *optional*, defaults to `1e-4`):
+            Initial learning rate of the audio side's optimiser (the authors' code: 1e-4).
+        adam_beta1 (`float`, *optional*, defaults to `0.95`):
+            Beta1 of the audio side's optimiser and of the scorers' (the authors' code: Adam with betas 0.95, 0.999).
+        weight_decay (`float`, *optional*, defaults to `5e-7`):
+            Weight decay of the audio side's optimiser (the authors' code: 5e-7).
+        remove_unused_columns (`bool`, *optional*, defaults to `False`):
+            Keep every dataset column: the collator reads `audio` and `image`, which the model's forward does not
+            name.
+        ddp_find_unused_parameters (`bool` or `None`, *optional*, defaults to `False`):
+            Whether DDP searches for parameters without a gradient; every trained parameter is used at each step, so
+            it need not.
+    """
+
+    # Parameters that control the objective
+    objective: Literal["contrastive", "mmd", "ot", "attentive_ot"] = field(
+        default="attentive_ot",
+        metadata={"help": "What compares the audio tokens A and the image tokens I of each clip: `\"contrastive\"` "
+                          "(InfoNCE between the clips' mean-pooled tokens, the baseline), `\"mmd\"` (squared maximum "
+                          "mean discrepancy with a mixture of RBF kernels), `\"ot\"` (optimal transport with uniform "
+                          "token weights) or `\"attentive_ot\"` (optimal transport with token weights given by two "
+                          "cross-attention scorers, the paper's method)."},
     )
-    lambda_values: list[float] = field(default_factory=lambda: [500.0, 400.0, 300.0, 200.0])
-    lambda_final: float = field(default=100.0)
-    uniform_epochs: int = field(default=1, metadata={"help": "epochs with uniform weights before the scorers train"})
-    scorer_learning_rate: float = field(default=1e-4)
-    scorer_num_heads: int = field(default=8)
-    scorer_temperature: float = field(default=20.0)
-    scorer_uniform_mix: float = field(default=0.5)
-    attentive_ot_gradient: str = field(
-        default="plan", metadata={"help": "attentive OT, what reaches the audio encoder: 'plan' (the OT loss through "
-                                          "the transport plan, weights held constant) or 'reference' (the authors' "
-                                          "step: the OT loss through plan and weights, plus the scorer loss's "
-                                          "gradient, OT - lambda (H(alpha) + H(beta)))"})
-    augment: bool = field(
-        default=False, metadata={"help": "augment training features as the reference's alignment run does: "
-                                         "noise U(0,1) * r * augment_noise_scale (r ~ U(0,1) per clip), then a "
-                                         "random roll along time; never applied to evaluation batches"})
-    augment_noise_scale: float = field(default=0.1, metadata={"help": "largest noise amplitude (reference: 1/10)"})
-    augment_roll: bool = field(default=True, metadata={"help": "roll each clip along time by an integer in "
-                                                               "[-frames, frames) (reference: on)"})
+    solver: Literal["exact", "sinkhorn"] = field(
+        default="exact",
+        metadata={"help": "How `\"ot\"` and `\"attentive_ot\"` solve each clip's transport problem: `\"exact\"` "
+                          "(POT's network simplex, on the CPU, as the authors' code) or `\"sinkhorn\"` (entropic OT, "
+                          "batched in torch on the tokens' device)."},
+    )
+    epsilon: float | None = field(
+        default=None,
+        metadata={"help": "Entropic regularisation of `solver=\"sinkhorn\"`, relative to the spread of each clip's "
+                          "costs; `None` means 0.05. The exact solver ignores it."},
+    )
+    contrastive_temperature: float = field(
+        default=0.05, metadata={"help": "Temperature of the similarities in the `\"contrastive\"` objective."}
+    )
     ot_overlap_chunks: int = field(
-        default=1, metadata={"help": "exact OT: split each batch into this many chunks, so the CPU solves one chunk's "
-                                     "OT problems while the accelerator runs the next chunk's forward pass (1 = off)"})
-    learning_rate: float = field(default=1e-4)
-    adam_beta1: float = field(default=0.95)
-    weight_decay: float = field(default=5e-7)
-    remove_unused_columns: bool = field(default=False)
-    ddp_find_unused_parameters: bool | None = field(default=False)  # every trained parameter is used each step
+        default=1,
+        metadata={"help": "With the exact solver: split each batch into this many chunks, so that the CPU solves one "
+                          "chunk's OT problems while the accelerator runs the next chunk's forward pass; `1` turns it "
+                          "off. The loss is the same."},
+    )
+
+    # Parameters that control attentive OT's scorers
+    uniform_epochs: int = field(
+        default=1,
+        metadata={"help": "Epochs at the start that use uniform token weights, with the scorers idle (the paper: 1)."},
+    )
+    lambda_values: list[float] = field(
+        default_factory=lambda: [500.0, 400.0, 300.0, 200.0],
+        metadata={"help": "Entropy weight lambda of the scorers' loss OT(A, I; alpha, beta) - lambda (H(alpha) + "
+                          "H(beta)), one value per epoch after the uniform ones."},
+    )
+    lambda_final: float = field(
+        default=100.0, metadata={"help": "Lambda of every epoch after those of `lambda_values`."}
+    )
+    scorer_learning_rate: float = field(
+        default=1e-4,
+        metadata={"help": "Learning rate of the scorers' own Adam optimiser, whose betas are `adam_beta1` and "
+                          "`adam_beta2`."},
+    )
+    scorer_num_heads: int = field(
+        default=8,
+        metadata={"help": "Attention heads of each scorer; they must divide the width of the image tokens."},
+    )
+    scorer_temperature: float = field(
+        default=20.0,
+        metadata={"help": "Temperature of the softmax that turns a scorer's mean scores into token weights."},
+    )
+    scorer_uniform_mix: float = field(
+        default=0.5,
+        metadata={"help": "Share of uniform weight mixed into the scorers' weights: w becomes (1 - mix) w + mix / "
+                          "tokens."},
+    )
+    attentive_ot_gradient: Literal["plan", "reference"] = field(
+        default="plan",
+        metadata={"help": "What reaches the audio encoder with `\"attentive_ot\"`: `\"plan\"` (the OT loss through "
+                          "the transport plan, the weights held constant) or `\"reference\"` (the authors' step: the "
+                          "OT loss through the plan and the weights, plus the gradient of the scorers' loss, OT - "
+                          "lambda (H(alpha) + H(beta)))."},
+    )
+
+    # Parameters that control what trains, and on what
+    train_audio_parameters: Literal["all", "projection"] = field(
+        default="all",
+        metadata={"help": "The trained part: `\"all\"` (the audio tower and `audio_to_vision`) or `\"projection\"` "
+                          "(`audio_to_vision` only)."},
+    )
+    augment: bool = field(
+        default=False,
+        metadata={"help": "Augment the training features as the authors' alignment run does: noise U(0, 1) * r * "
+                          "`augment_noise_scale` (one r ~ U(0, 1) per clip), then, with `augment_roll`, a random roll "
+                          "along time. Evaluation batches are never augmented."},
+    )
+    augment_noise_scale: float = field(
+        default=0.1,
+        metadata={"help": "Largest noise amplitude of `augment`, 0 or more (the authors': 1/10)."},
+    )
+    augment_roll: bool = field(
+        default=True,
+        metadata={"help": "With `augment`: roll each clip along time by an integer drawn from [-frames, frames) (the "
+                          "authors': on)."},
+    )
+
+    # Parameters whose defaults differ from TrainingArguments
+    learning_rate: float = field(
+        default=1e-4,
+        metadata={"help": "Initial learning rate of the audio side's optimiser (the authors' code: 1e-4)."},
+    )
+    adam_beta1: float = field(
+        default=0.95,
+        metadata={"help": "Beta1 of the audio side's optimiser and of the scorers' (the authors' code: Adam with "
+                          "betas 0.95, 0.999)."},
+    )
+    weight_decay: float = field(
+        default=5e-7,
+        metadata={"help": "Weight decay of the audio side's optimiser (the authors' code: 5e-7)."},
+    )
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Keep every dataset column: the collator reads `audio` and `image`, which the model's "
+                          "forward does not name."},
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "Whether DDP searches for parameters without a gradient; every trained parameter is used "
+                          "at each step, so it need not."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.solver not in ("exact", "sinkhorn"):
-            raise ValueError(f"solver must be 'exact' or 'sinkhorn', got {self.solver!r}")
-        if self.train_audio_parameters not in TRAINABLE:
-            raise ValueError(f"train_audio_parameters must be one of {sorted(TRAINABLE)}")
-        if self.attentive_ot_gradient not in ATTENTIVE_OT_GRADIENTS:
-            raise ValueError(f"attentive_ot_gradient must be one of {ATTENTIVE_OT_GRADIENTS}, "
-                             f"got {self.attentive_ot_gradient!r}")
+        check_choices(self)
         if self.augment_noise_scale < 0:
-            raise ValueError(f"augment_noise_scale must be 0 or more, got {self.augment_noise_scale}")
+            raise ValueError(f"augment_noise_scale must be 0 or more; got {self.augment_noise_scale}")
         if self.ot_overlap_chunks < 1:
-            raise ValueError(f"ot_overlap_chunks must be 1 (off) or more, got {self.ot_overlap_chunks}")
+            raise ValueError(f"ot_overlap_chunks must be 1 (off) or more; got {self.ot_overlap_chunks}")
 
 
 class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
@@ -277,16 +428,39 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
 
         return audio, image, finish_attentive
 
+    # ---- the scorers' optimisation ----------------------------------------------------------------------------
+    # The scorers are a second trained model with its own optimiser, stepped here by hand rather than through
+    # accelerate's `prepare_model` / `prepare_optimizer`, which do not fit a model beside the Trainer's:
+    # - `prepare_model` wraps the forward in autocast under mixed precision, so the scorers (fp32 today) would run in
+    #   half precision and every bf16 / fp16 run would change; with FSDP2 it refuses a model without its optimiser,
+    #   with FSDP1 it shards the scorers as a model of their own, with DeepSpeed it returns them unwrapped (no
+    #   all-reduce); and the Trainer's `no_sync` covers its own model only, so DDP would all-reduce every micro-batch.
+    # - a prepared optimiser calls `scaler.update()` after its own step under fp16, so with the Trainer's optimiser the
+    #   shared GradScaler would move twice per step and one optimiser would unscale with the other's new scale. Here the
+    #   scorers step through `scaler.step` only, and the Trainer's step updates the scale once for both.
+    # - accelerate's `register_for_checkpointing` is read by `save_state`, which the Trainer's checkpoints never call:
+    #   the scorer optimiser goes into the Trainer's checkpoint folder beside its own (see "the scorers in checkpoints").
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.scorers is not None and self.accelerator.sync_gradients:
-            if self.accelerator.num_processes > 1:
-                for param in self.scorers.parameters():
-                    if param.grad is not None:
-                        param.grad = self.accelerator.reduce(param.grad, reduction="mean")
-            self.scorer_optimizer.step()
-            self.scorer_optimizer.zero_grad(set_to_none=True)
+            self._step_scorers()
         return loss
+
+    def _step_scorers(self) -> None:
+        """One optimiser step of the scorers on their gradients, averaged over processes (each saw its own clips)."""
+        if all(param.grad is None for param in self.scorers.parameters()):
+            return  # an epoch of uniform weights: the scorers were not used (the same epoch on every process)
+        if self.accelerator.num_processes > 1:
+            for param in self.scorers.parameters():
+                if param.grad is not None:
+                    param.grad = self.accelerator.reduce(param.grad, reduction="mean")
+        scaler = self.accelerator.scaler  # fp16: the loss was scaled, so are the scorers' gradients
+        if scaler is None:
+            self.scorer_optimizer.step()
+        else:
+            scaler.step(self.scorer_optimizer)  # unscales, skips the step on inf / NaN gradients
+        self.scorer_optimizer.zero_grad(set_to_none=True)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
@@ -333,6 +507,9 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
         super().log(logs, start_time)
 
     # ---- the scorers in checkpoints --------------------------------------------------------------------------
+    # The Trainer writes and reads its checkpoint's optimiser, scheduler and scaler in these two methods (it never
+    # calls accelerate's save_state / load_state), and no public hook sees the checkpoint folder on both sides: the
+    # scorer optimiser rides along here, so `resume_from_checkpoint` restores it with the Trainer's.
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .arguments import PromptPreset, check_choices
 from .collators import CaptionCollator
 from .stages import CaptionStageTrainer
 
@@ -16,15 +17,73 @@ __all__ = ["PrefixTuningConfig", "PrefixTuningTrainer"]
 
 @dataclass
 class PrefixTuningConfig(TrainingArguments):
-    """Defaults of the reference code: lr 1e-3, cosine, warmup 3%, AdamW (paper: 500 epochs at batch 16)."""
+    r"""
+    Configuration class for [`PrefixTuningTrainer`], stage 1a of DALI: learn the prefix embeddings on (video frame,
+    sound caption) pairs (docs/method.md, section 2).
 
-    prompt: str | None = field(default=None, metadata={"help": "instruction; default: the processor's"})
-    prompt_preset: str | None = field(default=None, metadata={"help": "system texts: 'llava' (none) or 'reference' "
-                                                                      "(the authors'); default: the processor's"})
-    learning_rate: float = field(default=1e-3)
-    lr_scheduler_type: str = field(default="cosine")
-    warmup_ratio: float = field(default=0.03)
-    remove_unused_columns: bool = field(default=False)
+    This class includes only the parameters that are specific to prefix tuning, and those whose defaults differ from
+    [`~transformers.TrainingArguments`]: the settings of the authors' code (the paper: 500 epochs at batch 16). For
+    the other training arguments, see [`~transformers.TrainingArguments`]. Using [`~transformers.HfArgumentParser`],
+    this class gives the flags of `dali-hf prefix-tune`.
+
+    Parameters:
+        > Parameters that control the prompt
+
+        prompt (`str` or `None`, *optional*, defaults to `None`):
+            Instruction after the image tokens and the prefix; `None` means the processor's `default_prompt`
+            ("Describe the sound that can be heard in this scene.").
+        prompt_preset (`str` or `None`, *optional*, defaults to `None`):
+            System text put before the prompt: `"llava"` (none) or `"reference"` (that of the authors' training
+            code); `None` means the processor's `prompt_preset`.
+
+        > Parameters whose defaults differ from TrainingArguments
+
+        learning_rate (`float`, *optional*, defaults to `1e-3`):
+            Initial learning rate of the optimiser (the authors' code: 1e-3; the paper says 2e-4).
+        lr_scheduler_type (`str`, *optional*, defaults to `"cosine"`):
+            Learning-rate schedule (the authors' code: cosine).
+        warmup_ratio (`float`, *optional*, defaults to `0.03`):
+            The authors' warm-up share of the steps, recorded in the model card. The Trainer's warm-up is
+            `warmup_steps` (a number below 1 is a share of the steps); this field does not set it.
+        remove_unused_columns (`bool`, *optional*, defaults to `False`):
+            Keep every dataset column: the collator reads `image` and `caption`, which the model's forward does not
+            name.
+    """
+
+    # Parameters that control the prompt
+    prompt: str | None = field(
+        default=None,
+        metadata={"help": "Instruction after the image tokens and the prefix; `None` means the processor's "
+                          "`default_prompt` (\"Describe the sound that can be heard in this scene.\")."},
+    )
+    prompt_preset: PromptPreset | None = field(
+        default=None,
+        metadata={"help": "System text put before the prompt: `\"llava\"` (none) or `\"reference\"` (that of the "
+                          "authors' training code); `None` means the processor's `prompt_preset`."},
+    )
+
+    # Parameters whose defaults differ from TrainingArguments
+    learning_rate: float = field(
+        default=1e-3,
+        metadata={"help": "Initial learning rate of the optimiser (the authors' code: 1e-3; the paper says 2e-4)."},
+    )
+    lr_scheduler_type: str = field(
+        default="cosine", metadata={"help": "Learning-rate schedule (the authors' code: cosine)."}
+    )
+    warmup_ratio: float = field(
+        default=0.03,
+        metadata={"help": "The authors' warm-up share of the steps, recorded in the model card. The Trainer's warm-up "
+                          "is `warmup_steps` (a number below 1 is a share of the steps); this field does not set it."},
+    )
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Keep every dataset column: the collator reads `image` and `caption`, which the model's "
+                          "forward does not name."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choices(self)
 
 
 class PrefixTuningTrainer(CaptionStageTrainer):
