@@ -47,7 +47,7 @@ def run_seed(seed: int, out: Path, size, variants, objective: str = "attentive_o
         LlavaAudioForConditionalGeneration,
         LlavaAudioProcessor,
     )
-    from dali_hf.tiny import tiny_llava, tiny_llava_processor, tiny_tokenizer
+    from dali_hf.testing import tiny_llava, tiny_llava_processor, tiny_tokenizer
     from dali_hf.toyworld.experiment import (
         _evaluator,
         feature_dataset,

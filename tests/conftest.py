@@ -1,91 +1,52 @@
-"""Tiny models built from configs, a tokenizer built here, generated inputs: nothing is downloaded."""
+"""Fixtures shared by the test modules: tiny models built from configs by `dali_hf.testing`, nothing downloaded."""
 
 import os
-import subprocess
-import sys
-import textwrap
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from dali_hf import LlavaAudioForConditionalGeneration, LlavaAudioProcessor
-from dali_hf.tiny import tiny_audio_encoder, tiny_llava, tiny_llava_processor, tiny_tokenizer
+from dali_hf.testing import tiny_captioner, tiny_llava_parts
 
 torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")
 def llava_parts():
-    """(plain LLaVA model, its processor) at tiny size."""
-    tokenizer, vocab_size = tiny_tokenizer()
-    llava = tiny_llava(vocab_size, tokenizer.convert_tokens_to_ids("<image>"))
-    return llava, tiny_llava_processor(tokenizer)
-
-
-def build_captioner(llava_parts, kind: str):
-    llava, llava_processor = llava_parts
-    audio_config, feature_extractor = tiny_audio_encoder(kind)
-    processor = LlavaAudioProcessor.from_llava(llava_processor, feature_extractor, audio_config=audio_config)
-    torch.manual_seed(1)
-    model = LlavaAudioForConditionalGeneration.from_llava(llava, audio_config, processor=processor).eval()
-    return model, processor
-
-
-def saved_captioner(llava_parts, kind: str, folder):
-    """`build_captioner`'s model and processor saved to `folder` (returned), as a user's captioner folder."""
-    model, processor = build_captioner(llava_parts, kind)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    """(plain LLaVA model, its processor) at tiny size, shared: build a captioner that trains with
+    `tiny_captioner()`, which makes its own."""
+    return tiny_llava_parts()
 
 
 @pytest.fixture(scope="session", params=["ast", "whisper"])
 def captioner(request, llava_parts):
     """(LlavaAudio model, processor) around the tiny LLaVA, for each tested audio encoder."""
-    return build_captioner(llava_parts, request.param)
+    return tiny_captioner(request.param, llava_parts=llava_parts)[:2]
 
 
 @pytest.fixture(scope="session")
 def ast_captioner(llava_parts):
-    return build_captioner(llava_parts, "ast")
+    return tiny_captioner("ast", llava_parts=llava_parts)[:2]
 
 
-def random_image(seed: int, size=(40, 30)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8))
+@pytest.fixture(scope="session")
+def make_trainer():
+    """A function (data, output_dir, **AlignmentConfig overrides) -> a DistributionAlignmentTrainer of a new
+    tiny AST captioner, with short CPU settings; `data`: a dataset, or a function of the processor that builds one."""
+    from dali_hf.trainers import AlignmentConfig, DistributionAlignmentTrainer
 
+    def make(data, output_dir, **overrides):
+        model, processor, _ = tiny_captioner("ast")
+        data = data(processor) if callable(data) else data
+        settings = dict(output_dir=str(output_dir), per_device_train_batch_size=4, learning_rate=1e-3,
+                        num_train_epochs=3, logging_steps=1, save_strategy="no", report_to=[], seed=0,
+                        use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, lambda_values=[0.05],
+                        lambda_final=0.05, uniform_epochs=1)
+        settings.update(overrides)
+        return DistributionAlignmentTrainer(model=model, args=AlignmentConfig(**settings), train_dataset=data,
+                                            processing_class=processor)
 
-def random_clip(seed: int, seconds: float = 1.0, rate: int = 16000) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (0.1 * rng.standard_normal(int(seconds * rate))).astype(np.float32)
+    return make
 
-
-BLOCK_DALI_HF = textwrap.dedent(
-    """
-    import importlib.abc
-    import sys
-
-
-    class _BlockDaliHf(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "dali_hf" or name.startswith("dali_hf."):
-                raise ModuleNotFoundError(f"blocked: {name}")
-
-
-    sys.meta_path.insert(0, _BlockDaliHf())
-    """
-)
-
-
-def run_without_dali_hf(script: str, *args, tmp_path) -> subprocess.CompletedProcess:
-    """Run `script` (with `args` as sys.argv[1:]) in a fresh offline Python where dali_hf cannot be imported, as on a
-    machine without the package."""
-    path = tmp_path / "without_dali_hf.py"
-    path.write_text(BLOCK_DALI_HF + textwrap.dedent(script))
-    return subprocess.run([sys.executable, str(path), *map(str, args)], capture_output=True, text=True, cwd=tmp_path,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf")})

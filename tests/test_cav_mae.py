@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torchaudio
-from conftest import random_clip, run_without_dali_hf
 from safetensors.torch import load_file
 from timm.models.vision_transformer import Block
 from torch import nn
@@ -31,6 +30,7 @@ from dali_hf.convert import (
     load_official_state_dict,
     split_official_state_dict,
 )
+from dali_hf.testing import random_clip, run_without_dali_hf
 
 TINY = dict(
     hidden_size=32,
@@ -41,7 +41,7 @@ TINY = dict(
     num_mel_bins=32,
     target_length=64,
 )
-VISION_WIDTH, TEXT_WIDTH = 32, 48  # of dali_hf.tiny.tiny_llava
+VISION_WIDTH, TEXT_WIDTH = 32, 48  # of dali_hf.testing.tiny_llava
 
 
 # ---- an independent reference: the CAV-MAE audio path from timm blocks, under the authors' names -----------

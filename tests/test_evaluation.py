@@ -152,13 +152,10 @@ def test_readers_parse_the_public_formats(tmp_path):
 
 
 def test_evaluate_cli_end_to_end(tmp_path, llava_parts):
-    from conftest import build_captioner
-
     from dali_hf.cli import main
+    from dali_hf.testing import saved_captioner
 
-    model, processor = build_captioner(llava_parts, "whisper")
-    model.save_pretrained(tmp_path / "model")
-    processor.save_pretrained(tmp_path / "model")
+    saved_captioner(llava_parts, "whisper", tmp_path / "model")
     names = [f"clip{i}.wav" for i in range(10)]
     _write_clips(tmp_path / "audio", names)
     with open(tmp_path / "clotho.csv", "w", newline="") as handle:

@@ -10,10 +10,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import build_captioner, run_without_dali_hf
 from huggingface_hub import ModelCard
 
 from dali_hf.hub import UploadError, push, upload_files, write_model_card
+from dali_hf.testing import run_without_dali_hf, saved_captioner
 
 EVAL = {"AudioCaps": {"scores": {"meteor": 0.123, "rouge_l": 0.331, "cider_d": 0.281}, "split": "test",
                       "dataset_id": "org/audiocaps"},
@@ -27,10 +27,7 @@ NEEDED = ["README.md", "audio_decoding.py", "chat_template.jinja", "config.json"
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, llava_parts):
-    model, processor = build_captioner(llava_parts, "whisper")
-    path = tmp_path_factory.mktemp("hub") / "dali-tiny"
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
+    path = saved_captioner(llava_parts, "whisper", tmp_path_factory.mktemp("hub") / "dali-tiny")
     write_model_card(path, repo_id="org/dali-tiny")
     # what training leaves behind that must not be uploaded
     (path / "checkpoint-2").mkdir()

@@ -9,11 +9,16 @@ import torch
 import transformers.modeling_utils
 from dali_hf.trainers import AlignmentConfig, DistributionAlignmentTrainer, LlavaAudioAlignmentModel
 from dali_hf.trainers import lean as lean_module
-from test_alignment import StopAfter, pairs_dataset
 from transformers import AutoModel, AutoProcessor
 
 from dali_hf.data import cache_image_tokens
-from dali_hf.tiny import tiny_captioner
+from dali_hf.testing import (
+    StopAfterStep,
+    full_size_captioner,
+    pairs_dataset,
+    parameter_counts,
+    tiny_captioner,
+)
 
 ALIGNMENT_PREFIXES = ("model.vision_tower.", "model.audio_tower.", "model.audio_to_vision.")
 
@@ -160,7 +165,7 @@ def test_resume_reads_only_the_alignment_parts(folder, data, tmp_path, monkeypat
     full = trainer_for(str(folder), folder, data, tmp_path / "full", **settings)
     full.train()
     part = trainer_for(str(folder), folder, data, tmp_path / "part", **settings)
-    part.add_callback(StopAfter(2))
+    part.add_callback(StopAfterStep(2))
     part.train()
     checkpoint = tmp_path / "part" / "checkpoint-2"
     assert isinstance(AutoModel.from_pretrained(checkpoint), transformers.PreTrainedModel)  # a whole captioner
@@ -211,7 +216,6 @@ def test_a_requested_dtype_saves_as_the_whole_model_does(folder, tmp_path):
 
 def test_memory_table_lean_row_drops_exactly_the_unloaded_parts(monkeypatch):
     from dali_hf import memory
-    from dali_hf.full_size import full_size_captioner, parameter_counts
 
     monkeypatch.setattr(memory, "_audio_fit", lambda *args: (1, 1))  # activations are not what is checked here
     model = full_size_captioner()

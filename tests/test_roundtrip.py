@@ -6,7 +6,6 @@ import textwrap
 
 import pytest
 import torch
-from conftest import random_clip, random_image, run_without_dali_hf
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoConfig,
@@ -16,6 +15,7 @@ from transformers import (
 )
 
 from dali_hf import LlavaAudioForConditionalGeneration, LlavaAudioProcessor
+from dali_hf.testing import random_clip, random_image, run_without_dali_hf, tiny_audio_encoder
 
 GREEDY = dict(max_new_tokens=5, do_sample=False, min_new_tokens=5)
 
@@ -127,8 +127,6 @@ def test_from_llava_paths_with_legacy_weight_names(llava_parts, tmp_path):
     weights = llava_dir / "model.safetensors"
     save_file(_legacy_llava_hf_names(load_file(weights)), weights, metadata={"format": "pt"})
     assert any(k.startswith("language_model.model.") for k in load_file(weights))
-
-    from dali_hf.tiny import tiny_audio_encoder
 
     audio_config, feature_extractor = tiny_audio_encoder("ast")
     feature_extractor.save_pretrained(tmp_path / "fe")
