@@ -14,8 +14,14 @@ def data():
     return pairs_dataset()
 
 
-@pytest.mark.parametrize("objective,solver", [("contrastive", "exact"), ("mmd", "exact"), ("ot", "exact"),
-                                              ("ot", "sinkhorn"), ("attentive_ot", "exact")])
+# `pytest -m "not slow"` runs two objectives, `make test` all five
+@pytest.mark.parametrize("objective,solver", [
+    pytest.param("contrastive", "exact", marks=pytest.mark.slow),
+    pytest.param("mmd", "exact", marks=pytest.mark.slow),
+    pytest.param("ot", "exact", marks=pytest.mark.slow),
+    ("ot", "sinkhorn"),
+    ("attentive_ot", "exact"),
+])
 def test_each_objective_lowers_its_loss(make_trainer, data, tmp_path, objective, solver):
     trainer = make_trainer(data, tmp_path, objective=objective, solver=solver)
     frozen = {n: p.clone() for n, p in trainer.model.named_parameters() if "audio" not in n}
@@ -138,6 +144,7 @@ def test_align_cli_trains_and_writes_a_loadable_folder(data, tmp_path, stream):
     assert torch.equal(aligned.model.language_model.embed_tokens.weight, model.model.language_model.embed_tokens.weight)
 
 
+@pytest.mark.slow  # two accelerate launches of a fresh Python each
 @pytest.mark.parametrize("objective,data,config", [("ot", "map", "ddp"), ("attentive_ot", "map", "ddp"),
                                                     ("attentive_ot", "stream", "ddp"), ("ot", "stream", "fsdp")])
 def test_two_processes_give_the_loss_curve_of_one(tmp_path, objective, data, config):

@@ -59,6 +59,7 @@ def test_card_metadata_round_trip(folder, tmp_path):
     assert "| AudioCaps (test) |" in card.text and "12.3" in card.text
 
 
+@pytest.mark.slow  # a fresh Python
 def test_card_usage_code_runs_against_the_saved_model(folder, tmp_path):
     text = (folder / "README.md").read_text()
     code = re.search(r"```python\n(.*?)```", text, re.S).group(1).replace('"org/dali-tiny"', repr(str(folder)))
@@ -94,6 +95,7 @@ REMOTE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a fresh Python without dali_hf
 def test_the_uploaded_files_alone_load_through_remote_code(folder, tmp_path):
     upload = tmp_path / "as-uploaded"
     for name in upload_files(folder):

@@ -131,8 +131,14 @@ def losses(trainer):
     return [(log["step"], log["loss"]) for log in trainer.state.log_history if "loss" in log]
 
 
-@pytest.mark.parametrize("objective,solver", [("contrastive", "exact"), ("mmd", "exact"), ("ot", "exact"),
-                                              ("ot", "sinkhorn"), ("attentive_ot", "exact")])
+# `pytest -m "not slow"` runs attentive OT, `make test` all five
+@pytest.mark.parametrize("objective,solver", [
+    pytest.param("contrastive", "exact", marks=pytest.mark.slow),
+    pytest.param("mmd", "exact", marks=pytest.mark.slow),
+    pytest.param("ot", "exact", marks=pytest.mark.slow),
+    pytest.param("ot", "sinkhorn", marks=pytest.mark.slow),
+    ("attentive_ot", "exact"),
+])
 def test_lean_training_and_save_equal_the_whole_model(folder, data, tmp_path, objective, solver):
     whole = trainer_for(AutoModel.from_pretrained(folder), folder, data, tmp_path / "whole", objective=objective,
                         solver=solver)

@@ -224,6 +224,7 @@ def test_both_weight_formats_load_and_the_default_resumes_in_trainer(parts, full
 
 # ---- 7. static cache and torch.compile -----------------------------------------------------------------------------
 
+@pytest.mark.slow  # torch.compile
 def test_static_cache_and_compiled_forward_equal_dynamic_greedy(parts, full_inputs):
     model, _, _ = parts
     assert LlavaAudioForConditionalGeneration._can_compile_fullgraph

@@ -92,6 +92,7 @@ REMOTE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a fresh Python without dali_hf
 def test_trust_remote_code_load_without_dali_hf(saved, tmp_path):
     folder, model, processor = saved
     out = tmp_path / "logits.pt"
@@ -181,6 +182,7 @@ CAV_MAE_REMOTE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a fresh Python without dali_hf
 def test_captioner_generates_saves_and_loads_as_remote_code(cav_captioner, tmp_path):
     model, processor = cav_captioner
     inputs = _cav_mae_audio_inputs(processor)

@@ -124,6 +124,7 @@ def test_pseudo_captions_survive_a_kill(ast_captioner, tmp_path):
     assert len(joined) == 10 and "caption" in joined.column_names
 
 
+@pytest.mark.slow  # end to end: the whole recipe through the CLI
 def test_train_runs_the_whole_recipe_and_skips_done_stages(captioned, tmp_path, capsys):
     from transformers import AutoModel, AutoProcessor
 
