@@ -51,6 +51,7 @@ def test_scores_equal_pycocoevalcap():
     assert 0 < ours["cider_d"] < 10 and 0 < ours["meteor"] < 1
 
 
+@pytest.mark.slow  # pycocoevalcap's Java METEOR and PTB tokenizer
 def test_cider_d_edge_cases():
     base = score(CANDIDATES, REFERENCES, ["cider_d"])["cider_d"]
     empty = score(["", *CANDIDATES[1:]], REFERENCES, ["cider_d", "bleu_1", "meteor", "rouge_l"])
@@ -63,6 +64,7 @@ def test_cider_d_edge_cases():
     assert repeated < once
 
 
+@pytest.mark.slow  # pycocoevalcap's Java METEOR and PTB tokenizer
 def test_spice_without_corenlp_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("DALI_CORENLP_DIR", raising=False)
     if spice_available():
