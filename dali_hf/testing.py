@@ -55,7 +55,7 @@ __all__ = [
 # ---- tiny parts -----------------------------------------------------------------------------------------------
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-# a CAV-MAE audio branch of 1 + 1 blocks over 64 frames of 32 mel bins: 8 tokens of width 32
+# a CAV-MAE audio branch of 2 + 1 (shared) blocks over 64 frames of 32 mel bins: 8 tokens of width 32
 TINY_CAV_MAE = dict(hidden_size=32, num_hidden_layers=2, num_shared_layers=1, num_attention_heads=4,
                     intermediate_size=64, num_mel_bins=32, target_length=64)
 TINY_WORDS = (
