@@ -25,8 +25,7 @@ def build(tiny: bool, device: str):
     from transformers import LlamaConfig, LlavaForConditionalGeneration
 
     from dali_hf import CavMaeAudioConfig, LlavaAudioForConditionalGeneration
-    from dali_hf.full_size import llava_1_5_7b_config
-    from dali_hf.tiny import tiny_captioner
+    from dali_hf.testing import llava_1_5_7b_config, tiny_captioner
 
     if tiny:
         model, processor, _ = tiny_captioner("ast")

@@ -37,10 +37,13 @@ def build_folder(folder: str, text_hidden: int, text_layers: int, vocab_size: in
     import torch
 
     from dali_hf import LlavaAudioForConditionalGeneration, LlavaAudioProcessor
-    from dali_hf.tiny import tiny_audio_encoder, tiny_llava, tiny_llava_processor, tiny_tokenizer
-
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-    from test_alignment import pairs_dataset
+    from dali_hf.testing import (
+        pairs_dataset,
+        tiny_audio_encoder,
+        tiny_llava,
+        tiny_llava_processor,
+        tiny_tokenizer,
+    )
 
     tokenizer, _ = tiny_tokenizer()
     llava = tiny_llava(vocab_size, tokenizer.convert_tokens_to_ids("<image>"), text_hidden=text_hidden,

@@ -131,7 +131,7 @@ def _linear_fit(measure, real_depth: int, real_seq: int, seqs=(16, 32)) -> tuple
 def stage_memory(model, stage: Stage, devices: int = 4) -> dict:
     """Memory of `stage` per device for a LlavaAudio `model` (meta tensors suffice), with the paper's batch split
     over `devices`."""
-    from dali_hf.full_size import parameter_counts
+    from dali_hf.testing import parameter_counts
 
     config, counts = model.config, parameter_counts(model)
     scorers = 2 * (4 * 1024 * 1024 + 4 * 1024) + 6 * (1024 * 1024 + 1024)  # AttentiveMarginals(1024)
@@ -206,7 +206,7 @@ def memory_table(devices: int = 4, rows: list[dict] | None = None) -> str:
 
 def memory_rows(devices: int = 4) -> list[dict]:
     """`stage_memory` of every stage for the full-size model (LLaVA-1.5-7B + CAV-MAE scale++)."""
-    from dali_hf.full_size import full_size_captioner
+    from dali_hf.testing import full_size_captioner
 
     model = full_size_captioner()
     return [stage_memory(model, stage, devices) for stage in STAGES]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dali_hf.tiny import tiny_captioner
+from dali_hf.testing import tiny_captioner
 
 
 def _interleaved_best(first, second, repeats: int = 30) -> tuple[float, float]:

@@ -55,7 +55,7 @@ def run_seed(seed: int, out: Path, size, variants, objective: str = "attentive_o
         train_captioner,
     )
     from dali_hf.demo.world import ToyWorld, vocabulary
-    from dali_hf.tiny import tiny_llava, tiny_llava_processor, tiny_tokenizer
+    from dali_hf.testing import tiny_llava, tiny_llava_processor, tiny_tokenizer
 
     torch.manual_seed(seed)
     world = ToyWorld(seed)

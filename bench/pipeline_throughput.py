@@ -7,7 +7,7 @@ import time
 import numpy as np
 from transformers import pipeline
 
-from dali_hf.tiny import tiny_captioner
+from dali_hf.testing import tiny_captioner
 
 
 def main(num_clips: int = 64, new_tokens: int = 16) -> dict:

@@ -1,91 +1,117 @@
-"""Tiny models built from configs, a tokenizer built here, generated inputs: nothing is downloaded."""
+"""Fixtures shared by the test modules: tiny models built from configs by `dali_hf.testing`, nothing downloaded."""
 
 import os
-import subprocess
-import sys
-import textwrap
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from timm.models.vision_transformer import Block
+from torch import nn
 
-from dali_hf import LlavaAudioForConditionalGeneration, LlavaAudioProcessor
-from dali_hf.tiny import tiny_audio_encoder, tiny_llava, tiny_llava_processor, tiny_tokenizer
+from dali_hf.testing import tiny_captioner, tiny_llava_parts
 
 torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")
 def llava_parts():
-    """(plain LLaVA model, its processor) at tiny size."""
-    tokenizer, vocab_size = tiny_tokenizer()
-    llava = tiny_llava(vocab_size, tokenizer.convert_tokens_to_ids("<image>"))
-    return llava, tiny_llava_processor(tokenizer)
-
-
-def build_captioner(llava_parts, kind: str):
-    llava, llava_processor = llava_parts
-    audio_config, feature_extractor = tiny_audio_encoder(kind)
-    processor = LlavaAudioProcessor.from_llava(llava_processor, feature_extractor, audio_config=audio_config)
-    torch.manual_seed(1)
-    model = LlavaAudioForConditionalGeneration.from_llava(llava, audio_config, processor=processor).eval()
-    return model, processor
-
-
-def saved_captioner(llava_parts, kind: str, folder):
-    """`build_captioner`'s model and processor saved to `folder` (returned), as a user's captioner folder."""
-    model, processor = build_captioner(llava_parts, kind)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    """(plain LLaVA model, its processor) at tiny size, shared: build a captioner that trains with
+    `tiny_captioner()`, which makes its own."""
+    return tiny_llava_parts()
 
 
 @pytest.fixture(scope="session", params=["ast", "whisper"])
 def captioner(request, llava_parts):
     """(LlavaAudio model, processor) around the tiny LLaVA, for each tested audio encoder."""
-    return build_captioner(llava_parts, request.param)
+    return tiny_captioner(request.param, llava_parts=llava_parts)[:2]
 
 
 @pytest.fixture(scope="session")
 def ast_captioner(llava_parts):
-    return build_captioner(llava_parts, "ast")
+    return tiny_captioner("ast", llava_parts=llava_parts)[:2]
 
 
-def random_image(seed: int, size=(40, 30)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8))
+@pytest.fixture(scope="session")
+def make_trainer():
+    """A function (data, output_dir, **AlignmentConfig overrides) -> a DistributionAlignmentTrainer of a new
+    tiny AST captioner, with short CPU settings; `data`: a dataset, or a function of the processor that builds one."""
+    from dali_hf.trainers import AlignmentConfig, DistributionAlignmentTrainer
+
+    def make(data, output_dir, **overrides):
+        model, processor, _ = tiny_captioner("ast")
+        data = data(processor) if callable(data) else data
+        settings = dict(output_dir=str(output_dir), per_device_train_batch_size=4, learning_rate=1e-3,
+                        num_train_epochs=3, logging_steps=1, save_strategy="no", report_to=[], seed=0,
+                        use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, lambda_values=[0.05],
+                        lambda_final=0.05, uniform_epochs=1)
+        settings.update(overrides)
+        return DistributionAlignmentTrainer(model=model, args=AlignmentConfig(**settings), train_dataset=data,
+                                            processing_class=processor)
+
+    return make
 
 
-def random_clip(seed: int, seconds: float = 1.0, rate: int = 16000) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (0.1 * rng.standard_normal(int(seconds * rate))).astype(np.float32)
+# ---- an independent reference of the CAV-MAE audio path: timm blocks under the authors' names ------------------
 
 
-BLOCK_DALI_HF = textwrap.dedent(
-    """
-    import importlib.abc
-    import sys
+class SharedBlock(Block):
+    """A shared CAV-MAE block run for audio: timm's block with the audio LayerNorms `norm1_a` / `norm2_a` (its
+    own `norm1` / `norm2`, for the joint stream, stay unused as in the release)."""
+
+    def __init__(self, dim, *args, **kwargs):
+        super().__init__(dim, *args, **kwargs)
+        self.norm1_a, self.norm2_a = nn.LayerNorm(dim), nn.LayerNorm(dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1_a(x))
+        return x + self.mlp(self.norm2_a(x))
 
 
-    class _BlockDaliHf(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "dali_hf" or name.startswith("dali_hf."):
-                raise ModuleNotFoundError(f"blocked: {name}")
+class ReferenceCavMae(nn.Module):
+    """The released CAV-MAE's audio path and its `proj` to the vision width (32, of `tiny_llava`), with random
+    weights drawn from `seed`; its state dict has the release's names."""
+
+    def __init__(self, config, seed: int, vision_width: int = 32):
+        super().__init__()
+        dim, patch = config.hidden_size, config.patch_size
+        block = dict(
+            num_heads=config.num_attention_heads,
+            mlp_ratio=config.intermediate_size / dim,
+            qkv_bias=True,
+            norm_layer=nn.LayerNorm,
+        )  # nn.LayerNorm: eps 1e-5, as CAV-MAE (timm's default is 1e-6)
+        self.patch_embed_a = nn.Module()
+        self.patch_embed_a.proj = nn.Conv2d(1, dim, kernel_size=patch, stride=patch)
+        tokens = (config.num_mel_bins // patch) * (config.target_length // patch)
+        self.pos_embed_a = nn.Parameter(torch.zeros(1, tokens, dim))
+        self.modality_a = nn.Parameter(torch.zeros(1, 1, dim))
+        self.blocks_a = nn.ModuleList([Block(dim, **block) for _ in range(config.num_hidden_layers)])
+        self.blocks_u = nn.ModuleList([SharedBlock(dim, **block) for _ in range(config.num_shared_layers)])
+        self.norm_a = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, vision_width)
+        for blk in [*self.blocks_a, *self.blocks_u]:
+            blk.attn.fused_attn = False  # timm's explicit softmax(q k^T * scale) v, not SDPA
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():  # random everything, LayerNorms and the position table included
+            for name, param in self.named_parameters():
+                noise = torch.randn(param.shape, generator=generator)
+                param.copy_(1 + 0.1 * noise if "norm" in name and name.endswith("weight") else 0.02 * noise)
+        self.eval()
+
+    def forward(self, fbank):
+        """CAV-MAE's audio forward: [batch, frames, bins] -> [batch, tokens, width]."""
+        a = self.patch_embed_a.proj(fbank.unsqueeze(1).transpose(2, 3)).flatten(2).transpose(1, 2)
+        a = a + self.pos_embed_a + self.modality_a
+        for blk in self.blocks_a:
+            a = blk(a)
+        for blk in self.blocks_u:
+            a = blk(a)
+        return self.norm_a(a)
 
 
-    sys.meta_path.insert(0, _BlockDaliHf())
-    """
-)
-
-
-def run_without_dali_hf(script: str, *args, tmp_path) -> subprocess.CompletedProcess:
-    """Run `script` (with `args` as sys.argv[1:]) in a fresh offline Python where dali_hf cannot be imported, as on a
-    machine without the package."""
-    path = tmp_path / "without_dali_hf.py"
-    path.write_text(BLOCK_DALI_HF + textwrap.dedent(script))
-    return subprocess.run([sys.executable, str(path), *map(str, args)], capture_output=True, text=True, cwd=tmp_path,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf")})
+@pytest.fixture(scope="session")
+def cav_mae_reference():
+    """`ReferenceCavMae`: call it with (CavMaeAudioConfig, seed) for a random reference of that size."""
+    return ReferenceCavMae

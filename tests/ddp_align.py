@@ -1,7 +1,8 @@
 """Launched by test_alignment.py, alone or under `accelerate launch --num_processes 2`: a short alignment run whose
 logged loss and OT term are written as JSON by the main process. The model is given as a captioner folder, so the
 trainer loads it without its language model. Data: the pairs as a map-style dataset, or streamed (a sharded,
-shuffled `datasets.IterableDataset` through AlignmentStream, with each batch's OT solves split in two chunks)."""
+shuffled `datasets.IterableDataset` through AlignmentStream, with each batch's OT solves split in two chunks).
+It imports only installed packages, so it runs as a script from any folder."""
 
 import json
 import sys
@@ -16,11 +17,10 @@ from dali_hf.trainers import (
 )
 from transformers import AutoProcessor
 
+from dali_hf.testing import pairs_dataset
+
 
 def main(output_dir: str, per_device_batch: int, objective: str, data: str, model_dir: str) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_alignment import pairs_dataset
-
     torch.set_num_threads(1)
     processor = AutoProcessor.from_pretrained(model_dir)
     args = AlignmentConfig(output_dir=output_dir, objective=objective, per_device_train_batch_size=per_device_batch,

@@ -1,33 +1,12 @@
 """DistributionAlignmentTrainer on tiny models: each objective learns, scorer gradients, exact resume."""
 
-import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import build_captioner
-from dali_hf.trainers import SCORERS_NAME, AlignmentConfig, DistributionAlignmentTrainer
+from dali_hf.trainers import SCORERS_NAME
 from dali_hf.trainers.objectives import entropy, ot_loss
-from PIL import Image
-from transformers import TrainerCallback
 
-
-def pairs_dataset(n: int = 16, seed: int = 0) -> datasets.Dataset:
-    """(audio, image) pairs where the tone's pitch follows the image's colour: something to align."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    t = np.arange(16000) / 16000
-    for i in range(n):
-        level = rng.uniform()
-        tone = 0.3 * np.sin(2 * np.pi * (200 + 1800 * level) * t) + 0.01 * rng.standard_normal(len(t))
-        colour = np.array([255 * level, 80, 255 * (1 - level)], dtype=np.uint8)
-        rows.append({"id": f"clip{i}", "audio": {"array": tone.astype(np.float32), "sampling_rate": 16000},
-                     "image": Image.fromarray(np.tile(colour, (32, 32, 1)))})
-    features = datasets.Features({
-        "id": datasets.Value("string"),
-        "audio": {"array": datasets.List(datasets.Value("float32")), "sampling_rate": datasets.Value("int32")},
-        "image": datasets.Image(),
-    })
-    return datasets.Dataset.from_list(rows, features=features)
+from dali_hf.testing import StopAfterStep, pairs_dataset, tiny_captioner
 
 
 @pytest.fixture(scope="module")
@@ -35,31 +14,16 @@ def data():
     return pairs_dataset()
 
 
-def fresh_captioner(llava_parts):
-    """A captioner with its own copy of the LLaVA weights, so training cannot touch other tests' models."""
-    import copy
-
-    llava, processor = llava_parts
-    return build_captioner((copy.deepcopy(llava), processor), "ast")
-
-
-def make_trainer(llava_parts, data, tmp_path, **overrides):
-    """`data`: a dataset, or a function of the processor that builds one."""
-    model, processor = fresh_captioner(llava_parts)
-    data = data(processor) if callable(data) else data
-    settings = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, learning_rate=1e-3,
-                    num_train_epochs=3, logging_steps=1, save_strategy="no", report_to=[], seed=0,
-                    use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, lambda_values=[0.05],
-                    lambda_final=0.05, uniform_epochs=1)
-    settings.update(overrides)
-    return DistributionAlignmentTrainer(model=model, args=AlignmentConfig(**settings), train_dataset=data,
-                                        processing_class=processor)
-
-
-@pytest.mark.parametrize("objective,solver", [("contrastive", "exact"), ("mmd", "exact"), ("ot", "exact"),
-                                              ("ot", "sinkhorn"), ("attentive_ot", "exact")])
-def test_each_objective_lowers_its_loss(llava_parts, data, tmp_path, objective, solver):
-    trainer = make_trainer(llava_parts, data, tmp_path, objective=objective, solver=solver)
+# `pytest -m "not slow"` runs two objectives, `make test` all five
+@pytest.mark.parametrize("objective,solver", [
+    pytest.param("contrastive", "exact", marks=pytest.mark.slow),
+    pytest.param("mmd", "exact", marks=pytest.mark.slow),
+    pytest.param("ot", "exact", marks=pytest.mark.slow),
+    ("ot", "sinkhorn"),
+    ("attentive_ot", "exact"),
+])
+def test_each_objective_lowers_its_loss(make_trainer, data, tmp_path, objective, solver):
+    trainer = make_trainer(data, tmp_path, objective=objective, solver=solver)
     captioner = trainer.model.captioner  # the whole captioner given, aligned through its shared parts
     frozen = {n: p.clone() for n, p in captioner.named_parameters() if "audio" not in n}
     trainer.train()
@@ -76,8 +40,8 @@ def test_each_objective_lowers_its_loss(llava_parts, data, tmp_path, objective, 
         assert (tmp_path / SCORERS_NAME).exists()
 
 
-def test_scorers_get_gradient_only_from_their_objective(llava_parts, data, tmp_path):
-    trainer = make_trainer(llava_parts, data, tmp_path, objective="attentive_ot", uniform_epochs=0,
+def test_scorers_get_gradient_only_from_their_objective(make_trainer, data, tmp_path):
+    trainer = make_trainer(data, tmp_path, objective="attentive_ot", uniform_epochs=0,
                            lambda_values=[0.5])
     model = trainer.model
     batch = trainer.data_collator([data[i] for i in range(4)])
@@ -102,14 +66,13 @@ def test_scorers_get_gradient_only_from_their_objective(llava_parts, data, tmp_p
         assert torch.allclose(got.grad, expected, atol=1e-6)
 
 
-def test_scorers_step_on_unscaled_gradients_and_skip_an_overflow(llava_parts, data, tmp_path):
+def test_scorers_step_on_unscaled_gradients_and_skip_an_overflow(make_trainer, data, tmp_path):
     """Under fp16 the Trainer's backward scales the loss (accelerate's GradScaler), so the scorers' gradients are
     scaled too: the scorers must step on the unscaled gradients, and skip a step whose gradients overflowed, as the
     Trainer's own optimiser does. A CPU GradScaler stands in for the GPU one."""
     import copy
 
-    trainer = make_trainer(llava_parts, data, tmp_path, objective="attentive_ot", uniform_epochs=0,
-                           lambda_values=[0.5])
+    trainer = make_trainer(data, tmp_path, objective="attentive_ot", uniform_epochs=0, lambda_values=[0.5])
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop
     batch = trainer.data_collator([data[i] for i in range(4)])
     start = copy.deepcopy(trainer.scorers.state_dict())
@@ -138,8 +101,8 @@ def test_scorers_step_on_unscaled_gradients_and_skip_an_overflow(llava_parts, da
         assert torch.equal(a, b)
 
 
-def test_overlapped_chunks_give_the_same_loss_and_gradients(llava_parts, data, tmp_path):
-    trainer = make_trainer(llava_parts, data, tmp_path, objective="attentive_ot", uniform_epochs=0,
+def test_overlapped_chunks_give_the_same_loss_and_gradients(make_trainer, data, tmp_path):
+    trainer = make_trainer(data, tmp_path, objective="attentive_ot", uniform_epochs=0,
                            lambda_values=[0.5])
     model = trainer.model.train()
     batch = trainer.data_collator([data[i] for i in range(5)])  # 5 clips in 3 chunks: 2, 2, 1
@@ -164,24 +127,15 @@ def test_overlapped_chunks_give_the_same_loss_and_gradients(llava_parts, data, t
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * max(a.abs().max().item(), 1.0))
 
 
-class StopAfter(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
-
-
-def test_resume_equals_uninterrupted_run(llava_parts, data, tmp_path):
+def test_resume_equals_uninterrupted_run(make_trainer, data, tmp_path):
     settings = dict(objective="attentive_ot", num_train_epochs=2, save_strategy="steps", save_steps=4)
-    full = make_trainer(llava_parts, data, tmp_path / "full", **settings)
+    full = make_trainer(data, tmp_path / "full", **settings)
     full.train()
-    interrupted = make_trainer(llava_parts, data, tmp_path / "part", **settings)
-    interrupted.add_callback(StopAfter(4))  # as if killed right after the checkpoint of step 4
+    interrupted = make_trainer(data, tmp_path / "part", **settings)
+    interrupted.add_callback(StopAfterStep(4))  # as if killed right after the checkpoint of step 4
     interrupted.train()
     assert interrupted.state.global_step == 4
-    resumed = make_trainer(llava_parts, data, tmp_path / "part", **settings)
+    resumed = make_trainer(data, tmp_path / "part", **settings)
     resumed.train(resume_from_checkpoint=str(tmp_path / "part" / "checkpoint-4"))
 
     def losses(trainer):
@@ -194,8 +148,8 @@ def test_resume_equals_uninterrupted_run(llava_parts, data, tmp_path):
         assert torch.equal(a, b)
 
 
-def test_evaluation_uses_uniform_weights(llava_parts, data, tmp_path):
-    trainer = make_trainer(llava_parts, data, tmp_path, objective="attentive_ot", uniform_epochs=0)
+def test_evaluation_uses_uniform_weights(make_trainer, data, tmp_path):
+    trainer = make_trainer(data, tmp_path, objective="attentive_ot", uniform_epochs=0)
     trainer.eval_dataset = data.select(range(8))
     metrics = trainer.evaluate()
     batch = trainer.data_collator([data[i] for i in range(8)])
@@ -206,12 +160,12 @@ def test_evaluation_uses_uniform_weights(llava_parts, data, tmp_path):
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_align_cli_trains_and_writes_a_loadable_folder(llava_parts, data, tmp_path, stream):
+def test_align_cli_trains_and_writes_a_loadable_folder(data, tmp_path, stream):
     from transformers import AutoModel
 
     from dali_hf.cli import main
 
-    model, processor = fresh_captioner(llava_parts)
+    model, processor, _ = tiny_captioner("ast")
     model.save_pretrained(tmp_path / "start")
     processor.save_pretrained(tmp_path / "start")
     data.save_to_disk(tmp_path / "pairs")
@@ -226,6 +180,7 @@ def test_align_cli_trains_and_writes_a_loadable_folder(llava_parts, data, tmp_pa
     assert torch.equal(aligned.model.language_model.embed_tokens.weight, model.model.language_model.embed_tokens.weight)
 
 
+@pytest.mark.slow  # two accelerate launches of a fresh Python each
 @pytest.mark.parametrize("objective,data,config", [("ot", "map", "ddp"), ("attentive_ot", "map", "ddp"),
                                                     ("attentive_ot", "stream", "ddp"), ("ot", "stream", "fsdp")])
 def test_two_processes_give_the_loss_curve_of_one(tmp_path, objective, data, config):
@@ -236,8 +191,6 @@ def test_two_processes_give_the_loss_curve_of_one(tmp_path, objective, data, con
     import subprocess
     import sys
     from pathlib import Path
-
-    from dali_hf.tiny import tiny_captioner
 
     script = str(Path(__file__).parent / "ddp_align.py")
     model, processor, _ = tiny_captioner("ast")

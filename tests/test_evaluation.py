@@ -41,6 +41,7 @@ def pycocoevalcap_reference(candidates, references):
             "rouge_l": Rouge().compute_score(gts, res)[0], "cider_d": Cider().compute_score(gts, res)[0]}
 
 
+@pytest.mark.slow  # pycocoevalcap's Java METEOR and PTB tokenizer
 def test_scores_equal_pycocoevalcap():
     ours = score(CANDIDATES, REFERENCES, ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider_d"])
     reference = pycocoevalcap_reference(CANDIDATES, REFERENCES)
@@ -50,6 +51,7 @@ def test_scores_equal_pycocoevalcap():
     assert 0 < ours["cider_d"] < 10 and 0 < ours["meteor"] < 1
 
 
+@pytest.mark.slow  # pycocoevalcap's Java METEOR and PTB tokenizer
 def test_cider_d_edge_cases():
     base = score(CANDIDATES, REFERENCES, ["cider_d"])["cider_d"]
     empty = score(["", *CANDIDATES[1:]], REFERENCES, ["cider_d", "bleu_1", "meteor", "rouge_l"])
@@ -62,6 +64,7 @@ def test_cider_d_edge_cases():
     assert repeated < once
 
 
+@pytest.mark.slow  # pycocoevalcap's Java METEOR and PTB tokenizer
 def test_spice_without_corenlp_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("DALI_CORENLP_DIR", raising=False)
     if spice_available():
@@ -94,6 +97,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # a fresh Python loading every metric module
 def test_evaluate_modules_load_from_path_offline(tmp_path):
     # no network at all: offline flags, and a proxy that does not exist for anything that would still try
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1",
@@ -151,14 +155,12 @@ def test_readers_parse_the_public_formats(tmp_path):
         read_clotho(str(tmp_path / "bad.csv"), str(audio))
 
 
+@pytest.mark.slow  # end to end: captioning, then every metric
 def test_evaluate_cli_end_to_end(tmp_path, llava_parts):
-    from conftest import build_captioner
-
     from dali_hf.cli import main
+    from dali_hf.testing import saved_captioner
 
-    model, processor = build_captioner(llava_parts, "whisper")
-    model.save_pretrained(tmp_path / "model")
-    processor.save_pretrained(tmp_path / "model")
+    saved_captioner(llava_parts, "whisper", tmp_path / "model")
     names = [f"clip{i}.wav" for i in range(10)]
     _write_clips(tmp_path / "audio", names)
     with open(tmp_path / "clotho.csv", "w", newline="") as handle:

@@ -5,7 +5,7 @@ import torch
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from bench.memory import _audio_fit, _audio_tower_bytes, _language_model_bytes, _linear_fit
-from dali_hf.full_size import PUBLISHED_PARAMETERS, full_size_captioner, parameter_counts
+from dali_hf.testing import PUBLISHED_PARAMETERS, full_size_captioner, parameter_counts
 
 
 def test_full_size_captioner_on_meta_has_the_published_sizes(capsys):

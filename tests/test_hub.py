@@ -10,10 +10,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import build_captioner, run_without_dali_hf
 from huggingface_hub import ModelCard
 
 from dali_hf.hub import UploadError, push, upload_files, write_model_card
+from dali_hf.testing import run_without_dali_hf, saved_captioner
 
 EVAL = {"AudioCaps": {"scores": {"meteor": 0.123, "rouge_l": 0.331, "cider_d": 0.281}, "split": "test",
                       "dataset_id": "org/audiocaps"},
@@ -27,10 +27,7 @@ NEEDED = ["README.md", "chat_template.jinja", "config.json", "configuration_cav_
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, llava_parts):
-    model, processor = build_captioner(llava_parts, "whisper")
-    path = tmp_path_factory.mktemp("hub") / "dali-tiny"
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
+    path = saved_captioner(llava_parts, "whisper", tmp_path_factory.mktemp("hub") / "dali-tiny")
     write_model_card(path, repo_id="org/dali-tiny")
     # what training leaves behind that must not be uploaded
     (path / "checkpoint-2").mkdir()
@@ -62,6 +59,7 @@ def test_card_metadata_round_trip(folder, tmp_path):
     assert "| AudioCaps (test) |" in card.text and "12.3" in card.text
 
 
+@pytest.mark.slow  # a fresh Python
 def test_card_usage_code_runs_against_the_saved_model(folder, tmp_path):
     text = (folder / "README.md").read_text()
     code = re.search(r"```python\n(.*?)```", text, re.S).group(1).replace('"org/dali-tiny"', repr(str(folder)))
@@ -97,6 +95,7 @@ REMOTE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a fresh Python without dali_hf
 def test_the_uploaded_files_alone_load_through_remote_code(folder, tmp_path):
     upload = tmp_path / "as-uploaded"
     for name in upload_files(folder):

@@ -9,11 +9,16 @@ import torch
 import transformers.modeling_utils
 from dali_hf.trainers import AlignmentConfig, DistributionAlignmentTrainer, LlavaAudioAlignmentModel
 from dali_hf.trainers import lean as lean_module
-from test_alignment import StopAfter, pairs_dataset
 from transformers import AutoModel, AutoProcessor
 
 from dali_hf.data import cache_image_tokens
-from dali_hf.tiny import tiny_captioner
+from dali_hf.testing import (
+    StopAfterStep,
+    full_size_captioner,
+    pairs_dataset,
+    parameter_counts,
+    tiny_captioner,
+)
 
 ALIGNMENT_PREFIXES = ("model.vision_tower.", "model.audio_tower.", "model.audio_to_vision.")
 
@@ -126,8 +131,14 @@ def losses(trainer):
     return [(log["step"], log["loss"]) for log in trainer.state.log_history if "loss" in log]
 
 
-@pytest.mark.parametrize("objective,solver", [("contrastive", "exact"), ("mmd", "exact"), ("ot", "exact"),
-                                              ("ot", "sinkhorn"), ("attentive_ot", "exact")])
+# `pytest -m "not slow"` runs attentive OT, `make test` all five
+@pytest.mark.parametrize("objective,solver", [
+    pytest.param("contrastive", "exact", marks=pytest.mark.slow),
+    pytest.param("mmd", "exact", marks=pytest.mark.slow),
+    pytest.param("ot", "exact", marks=pytest.mark.slow),
+    pytest.param("ot", "sinkhorn", marks=pytest.mark.slow),
+    ("attentive_ot", "exact"),
+])
 def test_lean_training_and_save_equal_the_whole_model(folder, data, tmp_path, objective, solver):
     whole = trainer_for(AutoModel.from_pretrained(folder), folder, data, tmp_path / "whole", objective=objective,
                         solver=solver)
@@ -160,7 +171,7 @@ def test_resume_reads_only_the_alignment_parts(folder, data, tmp_path, monkeypat
     full = trainer_for(str(folder), folder, data, tmp_path / "full", **settings)
     full.train()
     part = trainer_for(str(folder), folder, data, tmp_path / "part", **settings)
-    part.add_callback(StopAfter(2))
+    part.add_callback(StopAfterStep(2))
     part.train()
     checkpoint = tmp_path / "part" / "checkpoint-2"
     assert isinstance(AutoModel.from_pretrained(checkpoint), transformers.PreTrainedModel)  # a whole captioner
@@ -211,7 +222,6 @@ def test_a_requested_dtype_saves_as_the_whole_model_does(folder, tmp_path):
 
 def test_memory_table_lean_row_drops_exactly_the_unloaded_parts(monkeypatch):
     from bench import memory
-    from dali_hf.full_size import full_size_captioner, parameter_counts
 
     monkeypatch.setattr(memory, "_audio_fit", lambda *args: (1, 1))  # activations are not what is checked here
     model = full_size_captioner()

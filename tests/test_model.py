@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from conftest import random_clip, random_image
+
+from dali_hf.testing import random_clip, random_image
 
 GREEDY = dict(max_new_tokens=6, do_sample=False, min_new_tokens=6)
 

@@ -6,7 +6,6 @@ import warnings
 
 import pytest
 import torch
-from conftest import random_clip, random_image
 from dali_hf.modeling import modeling_llava_audio
 from transformers import (
     ASTConfig,
@@ -25,7 +24,7 @@ from transformers import (
 from transformers.testing_utils import CaptureLogger
 
 from dali_hf import LlavaAudioConfig, LlavaAudioForConditionalGeneration
-from dali_hf.tiny import tiny_captioner
+from dali_hf.testing import random_clip, random_image, tiny_captioner
 
 GREEDY = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)
 
@@ -225,6 +224,7 @@ def test_both_weight_formats_load_and_the_default_resumes_in_trainer(parts, full
 
 # ---- 7. static cache and torch.compile -----------------------------------------------------------------------------
 
+@pytest.mark.slow  # torch.compile
 def test_static_cache_and_compiled_forward_equal_dynamic_greedy(parts, full_inputs):
     model, _, _ = parts
     assert LlavaAudioForConditionalGeneration._can_compile_fullgraph

@@ -8,7 +8,6 @@ import numpy as np
 import ot
 import pytest
 import torch
-from conftest import build_captioner, random_clip, random_image
 from dali_hf.modeling.processing_llava_audio import DEFAULT_PROMPT, PROMPT_PRESETS
 from dali_hf.trainers import AlignmentConfig, CaptionCollator, DistributionAlignmentTrainer
 from dali_hf.trainers.collators import FeatureAugmentation
@@ -17,7 +16,15 @@ from tokenizers import pre_tokenizers, processors
 
 from dali_hf import CavMaeAudioConfig, CavMaeAudioModel, CavMaeFeatureExtractor, LlavaAudioProcessor
 from dali_hf.convert import official_name, split_official_state_dict
-from dali_hf.tiny import TINY_WORDS, tiny_audio_encoder, tiny_llava, tiny_llava_processor, tiny_tokenizer
+from dali_hf.testing import (
+    TINY_WORDS,
+    random_clip,
+    random_image,
+    tiny_audio_encoder,
+    tiny_captioner,
+    tiny_llava_processor,
+    tiny_tokenizer,
+)
 
 WIDTH, HEADS = 16, 4
 
@@ -105,9 +112,7 @@ def test_converter_refuses_scorers_of_another_layout(change, message):
 
 
 def _alignment_trainer(tmp_path, **overrides):
-    tokenizer, vocab_size = tiny_tokenizer()
-    llava = tiny_llava(vocab_size, tokenizer.convert_tokens_to_ids("<image>"))
-    model, processor = build_captioner((llava, tiny_llava_processor(tokenizer)), "ast")
+    model, processor, _ = tiny_captioner("ast")
     settings = dict(output_dir=str(tmp_path), per_device_train_batch_size=3, report_to=[], use_cpu=True,
                     save_strategy="no", disable_tqdm=True, objective="attentive_ot", uniform_epochs=0,
                     lambda_values=[0.5], scorer_num_heads=4, seed=0) | overrides

@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from conftest import build_captioner
 from PIL import Image
 from transformers import ASTModel
 
-from dali_hf.tiny import tiny_audio_encoder
+from dali_hf.testing import saved_captioner, tiny_audio_encoder
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 FENCE = re.compile(r"^```(\w*)\s*$")
@@ -65,9 +64,7 @@ def test_the_readme_has_the_quickstart_blocks():
 def local_models(tmp_path_factory, llava_parts) -> dict[str, str]:
     """Hub id or demo path -> tiny local folder."""
     root = tmp_path_factory.mktemp("readme-models")
-    model, processor = build_captioner(llava_parts, "whisper")
-    model.save_pretrained(root / "captioner")
-    processor.save_pretrained(root / "captioner")
+    saved_captioner(llava_parts, "whisper", root / "captioner")
     llava, llava_processor = llava_parts
     llava.save_pretrained(root / "llava")
     llava_processor.save_pretrained(root / "llava")

@@ -1,4 +1,5 @@
-"""save_pretrained / Auto classes / trust_remote_code without dali_hf / from_llava from llava-hf folders."""
+"""save_pretrained / Auto classes / trust_remote_code without dali_hf / from_llava from llava-hf folders, for the
+AST, Whisper and CAV-MAE encoders."""
 
 import json
 import re
@@ -6,7 +7,6 @@ import textwrap
 
 import pytest
 import torch
-from conftest import random_clip, random_image, run_without_dali_hf
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoConfig,
@@ -16,6 +16,7 @@ from transformers import (
 )
 
 from dali_hf import LlavaAudioForConditionalGeneration, LlavaAudioProcessor
+from dali_hf.testing import random_clip, random_image, run_without_dali_hf, tiny_audio_encoder, tiny_captioner
 
 GREEDY = dict(max_new_tokens=5, do_sample=False, min_new_tokens=5)
 
@@ -91,6 +92,7 @@ REMOTE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a fresh Python without dali_hf
 def test_trust_remote_code_load_without_dali_hf(saved, tmp_path):
     folder, model, processor = saved
     out = tmp_path / "logits.pt"
@@ -128,8 +130,6 @@ def test_from_llava_paths_with_legacy_weight_names(llava_parts, tmp_path):
     save_file(_legacy_llava_hf_names(load_file(weights)), weights, metadata={"format": "pt"})
     assert any(k.startswith("language_model.model.") for k in load_file(weights))
 
-    from dali_hf.tiny import tiny_audio_encoder
-
     audio_config, feature_extractor = tiny_audio_encoder("ast")
     feature_extractor.save_pretrained(tmp_path / "fe")
     processor = LlavaAudioProcessor.from_llava(str(llava_dir), str(tmp_path / "fe"), audio_config=audio_config)
@@ -141,3 +141,69 @@ def test_from_llava_paths_with_legacy_weight_names(llava_parts, tmp_path):
     ours = model.state_dict()
     for name, tensor in llava.state_dict().items():
         assert torch.equal(ours[name], tensor), name
+
+
+# ---- the captioner around the CAV-MAE encoder --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cav_captioner(llava_parts):
+    """A captioner around the tiny CAV-MAE encoder, whose code ships in its folder for remote use."""
+    return tiny_captioner("cav_mae", seed=6, llava_parts=llava_parts)[:2]
+
+
+def _cav_mae_audio_inputs(processor):
+    return processor(
+        text=[processor.caption_prompt(audio=True, prefix=True), processor.caption_prompt(audio=True)],
+        audio=[random_clip(7), random_clip(8, seconds=0.3)],
+        sampling_rate=16000,
+        return_tensors="pt",
+    )
+
+
+CAV_MAE_REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    folder = sys.argv[1]
+    import numpy as np
+    import torch
+    from transformers import AutoModel, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    for part in (model, model.model.audio_tower, processor.feature_extractor):
+        assert "dali_hf" not in type(part).__module__, type(part).__module__
+    clips = [(0.1 * np.random.default_rng(seed).standard_normal(16000)).astype(np.float32) for seed in (7, 8)]
+    clips[1] = clips[1][:4800]
+    prompts = [processor.caption_prompt(audio=True, prefix=True), processor.caption_prompt(audio=True)]
+    inputs = processor(text=prompts, audio=clips, sampling_rate=16000, return_tensors="pt")
+    with torch.no_grad():
+        torch.save(model(**inputs).logits, sys.argv[2])
+    print(type(model.model.audio_tower).__name__, type(processor.feature_extractor).__name__)
+    """
+)
+
+
+@pytest.mark.slow  # a fresh Python without dali_hf
+def test_captioner_generates_saves_and_loads_as_remote_code(cav_captioner, tmp_path):
+    model, processor = cav_captioner
+    inputs = _cav_mae_audio_inputs(processor)
+    assert inputs["input_features"].shape == (2, 64, 32)
+    generated = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert generated.shape == (2, inputs["input_ids"].shape[1] + 4)
+
+    folder = tmp_path / "dali-cav"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    for name in ("configuration_cav_mae.py", "modeling_cav_mae.py", "feature_extraction_cav_mae.py"):
+        assert (folder / name).is_file(), name
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        loaded = AutoModel.from_pretrained(folder).eval()
+        assert torch.equal(loaded(**_cav_mae_audio_inputs(AutoProcessor.from_pretrained(folder))).logits, expected)
+
+    out = tmp_path / "logits.pt"
+    result = run_without_dali_hf(CAV_MAE_REMOTE_SCRIPT, folder, out, tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "CavMaeAudioModel CavMaeFeatureExtractor" in result.stdout
+    assert torch.equal(torch.load(out), expected)

@@ -17,7 +17,8 @@ from dali_hf.trainers import (
     generate_pseudo_captions,
 )
 from dali_hf.trainers.distillation import PSEUDO_CAPTIONS_FILE, SKIPPED_FILE
-from test_alignment import fresh_captioner, pairs_dataset
+
+from dali_hf.testing import pairs_dataset, random_clip, random_image, tiny_captioner
 
 CAPTIONS = ["a dog barks", "a bell rings", "rain falls", "a car engine", "people talk", "water flows"]
 GREEDY = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)
@@ -41,8 +42,6 @@ def _assert_only_changed(model, before, part):
 
 def _assert_image_path_is_llava(model, processor, llava_parts):
     llava, llava_processor = llava_parts
-    from conftest import random_image
-
     prompt = "USER: <image>\ndescribe this image ASSISTANT:"
     ours = processor(text=prompt, images=random_image(5), return_tensors="pt")
     theirs = llava_processor(text=prompt, images=random_image(5), return_tensors="pt")
@@ -53,7 +52,7 @@ def _assert_image_path_is_llava(model, processor, llava_parts):
 
 
 def test_prefix_tuning_trains_only_the_prefix(llava_parts, captioned, tmp_path):
-    model, processor = fresh_captioner(llava_parts)
+    model, processor, _ = tiny_captioner("ast")
     before = {name: p.clone() for name, p in model.named_parameters()}
     trainer = PrefixTuningTrainer(model=model, args=PrefixTuningConfig(**_settings(tmp_path, learning_rate=0.05)),
                                   train_dataset=captioned, processing_class=processor)
@@ -70,7 +69,7 @@ def test_prefix_tuning_trains_only_the_prefix(llava_parts, captioned, tmp_path):
 
 
 def test_distillation_trains_only_the_audio_projector(llava_parts, captioned, tmp_path):
-    model, processor = fresh_captioner(llava_parts)
+    model, processor, _ = tiny_captioner("ast")
     before = {name: p.clone() for name, p in model.named_parameters()}
     trainer = AudioVisualDistillationTrainer(
         model=model, args=DistillationConfig(**_settings(tmp_path, learning_rate=0.01)), train_dataset=captioned,
@@ -125,13 +124,13 @@ def test_pseudo_captions_survive_a_kill(ast_captioner, tmp_path):
     assert len(joined) == 10 and "caption" in joined.column_names
 
 
-def test_train_runs_the_whole_recipe_and_skips_done_stages(llava_parts, captioned, tmp_path, capsys):
-    from conftest import random_clip
+@pytest.mark.slow  # end to end: the whole recipe through the CLI
+def test_train_runs_the_whole_recipe_and_skips_done_stages(captioned, tmp_path, capsys):
     from transformers import AutoModel, AutoProcessor
 
     from dali_hf.cli import main
 
-    model, processor = fresh_captioner(llava_parts)
+    model, processor, _ = tiny_captioner("ast")
     model.save_pretrained(tmp_path / "base")
     processor.save_pretrained(tmp_path / "base")
     captioned.select(range(4)).save_to_disk(tmp_path / "prefix-data")
@@ -170,10 +169,10 @@ def test_train_runs_the_whole_recipe_and_skips_done_stages(llava_parts, captione
     assert capsys.readouterr().out.count("already done, skipped") == 4
 
 
-def test_distillation_with_lora_saves_a_plain_merged_folder(llava_parts, captioned, tmp_path):
+def test_distillation_with_lora_saves_a_plain_merged_folder(captioned, tmp_path):
     from transformers import AutoModel
 
-    model, processor = fresh_captioner(llava_parts)
+    model, processor, _ = tiny_captioner("ast")
     before = {name: p.clone() for name, p in model.named_parameters()}
     trainer = AudioVisualDistillationTrainer(
         model=model, args=DistillationConfig(**_settings(tmp_path, learning_rate=0.01, lora_r=4)),
@@ -202,10 +201,10 @@ def test_pseudo_captions_refuse_to_resume_with_other_settings(ast_captioner, tmp
 
 
 @pytest.mark.parametrize("stage", ["prefix", "align", "distill"])
-def test_half_precision_model_trains_its_part_in_float32(llava_parts, captioned, tmp_path, stage):
+def test_half_precision_model_trains_its_part_in_float32(captioned, tmp_path, stage):
     """A bf16 model (as loaded at full size): the trained part becomes float32 master weights, the rest stays bf16
     and unchanged, and a bf16-autocast step runs and moves the trained part."""
-    model, processor = fresh_captioner(llava_parts)
+    model, processor, _ = tiny_captioner("ast")
     model.to(torch.bfloat16)
     trainer_class, config_class, parts = {
         "prefix": (PrefixTuningTrainer, PrefixTuningConfig, ("prefix_embeddings",)),

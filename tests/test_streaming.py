@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 from dali_hf.trainers import AlignmentStream
-from test_alignment import make_trainer, pairs_dataset
+
+from dali_hf.testing import StopAfterStep, pairs_dataset, tiny_captioner
 
 
 def numbered(n=24):
@@ -43,10 +44,8 @@ def passes(source, processor, batch, processes, epoch=0, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def processor(llava_parts):
-    from test_alignment import fresh_captioner
-
-    return fresh_captioner(llava_parts)[1]
+def processor():
+    return tiny_captioner("ast")[1]
 
 
 @pytest.mark.parametrize("kind", ["map", "iterable"])
@@ -91,15 +90,13 @@ def test_undecodable_clips_are_skipped_and_named(processor, caplog):
     assert "clip2" in caplog.text
 
 
-def test_trainer_resumes_a_stream_mid_epoch(llava_parts, tmp_path):
-    from test_alignment import StopAfter
-
+def test_trainer_resumes_a_stream_mid_epoch(make_trainer, tmp_path):
     source = pairs_dataset(16).to_iterable_dataset(num_shards=4).shuffle(seed=1, buffer_size=4)
     settings = dict(objective="ot", num_train_epochs=2, save_strategy="steps", save_steps=2, per_device_train_batch_size=4)
 
     def trainer_for(path):
-        trainer = make_trainer(llava_parts, lambda processor: CountingStreamFromRows(source, processor, num_rows=16,
-                                                                                  decode_workers=1),
+        trainer = make_trainer(lambda processor: CountingStreamFromRows(source, processor, num_rows=16,
+                                                                     decode_workers=1),
                                path, **settings)
         trainer.train_dataset.decoded = []
         return trainer
@@ -107,7 +104,7 @@ def test_trainer_resumes_a_stream_mid_epoch(llava_parts, tmp_path):
     full = trainer_for(tmp_path / "full")
     full.train()
     part = trainer_for(tmp_path / "part")
-    part.add_callback(StopAfter(2))  # mid-epoch: an epoch is 4 steps
+    part.add_callback(StopAfterStep(2))  # mid-epoch: an epoch is 4 steps
     part.train()
     resumed = trainer_for(tmp_path / "part")
     resumed.train(resume_from_checkpoint=str(tmp_path / "part" / "checkpoint-2"))
@@ -134,11 +131,11 @@ class CountingStreamFromRows(AlignmentStream):
 
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-6), (torch.float16, 2e-3)])
-def test_cached_image_tokens_give_the_loss_of_images(llava_parts, tmp_path, dtype, tolerance):
+def test_cached_image_tokens_give_the_loss_of_images(make_trainer, tmp_path, dtype, tolerance):
     from dali_hf.data import cache_image_tokens
 
     data = pairs_dataset(8)
-    trainer = make_trainer(llava_parts, data, tmp_path, objective="ot")
+    trainer = make_trainer(data, tmp_path, objective="ot")
     cached = cache_image_tokens(trainer.model, trainer.processing_class, data, batch_size=3, dtype=dtype)
     assert "image" not in cached.column_names and cached.features["image_tokens"].dtype == str(dtype)[6:]
     model = trainer.model.eval()

@@ -149,7 +149,7 @@ def prepare_experiment(out_dir: str, seed: int, size: ExperimentSize, live: bool
         LlavaAudioForConditionalGeneration,
         LlavaAudioProcessor,
     )
-    from ..tiny import tiny_llava, tiny_llava_processor, tiny_tokenizer
+    from ..testing import tiny_llava, tiny_llava_processor, tiny_tokenizer
 
     step, messages = _stepper(seed, live)
     out = Path(out_dir)
