@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+from dali_hf.modeling.media import AudioInputError
 from dali_hf.modeling.pipeline_audio_captioning import CaptionRequest
 from transformers import pipeline
 
