@@ -117,6 +117,7 @@ def test_evaluate_scores_one_caption_per_clip_from_the_first_window(captioner, w
     assert all(len(w) == 3 for w in windows)
 
 
+@pytest.mark.slow
 def test_evaluate_checks_metrics_before_captioning(whisper_folder, tmp_path):
     """Point 13: a misspelt metric is an argument error, SPICE without CoreNLP an error, both before any clip is
     captioned (no captions.jsonl)."""
@@ -350,6 +351,7 @@ def test_argument_errors_are_argparse_errors(args, message, tmp_path):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_help_is_immediate_and_complete():
     timed = subprocess.run([sys.executable, "-X", "importtime", DALI_HF, "--help"], capture_output=True, text=True)
     imported = {line.split("|")[-1].strip() for line in timed.stderr.splitlines() if line.startswith("import time")}

@@ -224,6 +224,7 @@ def long_window_folder(tmp_path_factory, llava_parts):
     return path
 
 
+@pytest.mark.slow
 def test_thirty_minutes_in_windows_with_bounded_memory(long_window_folder, tmp_path):
     path = tmp_path / "half-hour.flac"
     rate, minutes = 16000, 30
