@@ -70,7 +70,7 @@ def test_feature_extractor_errors_and_round_trip(tmp_path):
         extractor([clip, np.zeros(0, np.float32)], sampling_rate=16000)
     with pytest.raises(ValueError, match="clip 0 holds non-finite samples"):
         extractor(np.where(np.arange(clip.size) == 7, np.nan, clip), sampling_rate=16000)
-    with pytest.raises(ValueError, match="Pass a batch as a list"):
+    with pytest.raises(ValueError, match="pass a batch as a list of clips"):
         extractor(np.stack([clip] * 16), sampling_rate=16000)
 
     extractor.save_pretrained(tmp_path)
