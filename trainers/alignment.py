@@ -277,6 +277,7 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
         if isinstance(model, str | os.PathLike):
             model = load_alignment_model(model)
         elif isinstance(model, LlavaAudioForConditionalGeneration):  # a whole captioner: aligned through its parts
+            model.requires_grad_(False)  # frozen as a whole, as alignment leaves it; its trained parts are set below
             model = LlavaAudioAlignmentModel.from_captioner(model)
         if data_collator is None:
             if processing_class is None:
