@@ -1,5 +1,7 @@
 """The alignment objectives against independent references: POT, finite differences, a double loop."""
 
+import warnings
+
 import numpy as np
 import ot
 import pytest
@@ -184,3 +186,28 @@ def test_ot_loss_input_errors():
         ot_loss(x, y, solver="greedy")
     with pytest.raises(ValueError, match=r"expects x \[B, N, D\]"):
         ot_loss(x[0], y[0])
+
+
+def test_sinkhorn_warns_when_it_does_not_converge():
+    x, y = _tokens(13)
+    with pytest.warns(UserWarning, match=r"Sinkhorn did not converge in max_iter=5 .*epsilon=0\.0001"):
+        ot_loss(x, y, solver="sinkhorn", epsilon=1e-4, max_iter=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ot_loss(x, y, solver="sinkhorn", epsilon=0.05)
+
+
+def test_sinkhorn_potentials_equal_pot_at_small_epsilon():
+    # the weights' gradient is the centred dual potential u; POT's log-domain Sinkhorn at the same (absolute)
+    # epsilon, run to 1e-13, is the reference. Sizes 11 x 14 share no divisor, so the potentials are well determined.
+    x, y = _tokens(0, batch=2)
+    cost = ot.dist(x[0].numpy(), y[0].numpy()), ot.dist(x[1].numpy(), y[1].numpy())
+    a = torch.full((2, 11), 1 / 11, dtype=torch.float64, requires_grad=True)
+    ot_loss(x, y, a, solver="sinkhorn", epsilon=1e-3).sum().backward()
+    for i in range(2):
+        spread = cost[i].std()
+        _, log = ot.sinkhorn(np.full(11, 1 / 11), np.full(14, 1 / 14), cost[i], 1e-3 * spread,
+                             method="sinkhorn_log", numItermax=100_000, stopThr=1e-13, log=True)
+        reference = 1e-3 * spread * log["log_u"]
+        reference -= reference.mean()
+        assert np.abs(a.grad[i].numpy() - reference).max() < 3e-5 * spread
