@@ -206,8 +206,9 @@ def test_sinkhorn_potentials_equal_pot_at_small_epsilon():
     ot_loss(x, y, a, solver="sinkhorn", epsilon=1e-3).sum().backward()
     for i in range(2):
         spread = cost[i].std()
-        _, log = ot.sinkhorn(np.full(11, 1 / 11), np.full(14, 1 / 14), cost[i], 1e-3 * spread,
-                             method="sinkhorn_log", numItermax=100_000, stopThr=1e-13, log=True)
+        with np.errstate(over="ignore"):  # an exp inside POT overflows at this epsilon; its potentials stay finite
+            _, log = ot.sinkhorn(np.full(11, 1 / 11), np.full(14, 1 / 14), cost[i], 1e-3 * spread,
+                                 method="sinkhorn_log", numItermax=100_000, stopThr=1e-13, log=True)
         reference = 1e-3 * spread * log["log_u"]
         reference -= reference.mean()
         assert np.abs(a.grad[i].numpy() - reference).max() < 3e-5 * spread
