@@ -200,15 +200,16 @@ def test_sinkhorn_warns_when_it_does_not_converge():
 def test_sinkhorn_potentials_equal_pot_at_small_epsilon():
     # the weights' gradient is the centred dual potential u; POT's log-domain Sinkhorn at the same (absolute)
     # epsilon, run to 1e-13, is the reference. Sizes 11 x 14 share no divisor, so the potentials are well determined.
-    x, y = _tokens(0, batch=2)
-    cost = ot.dist(x[0].numpy(), y[0].numpy()), ot.dist(x[1].numpy(), y[1].numpy())
-    a = torch.full((2, 11), 1 / 11, dtype=torch.float64, requires_grad=True)
+    # Stopping on the row marginals alone left these 0.9e-4 and 1.2e-4 x the cost spread off (0.1 epsilon).
+    x, y = _tokens(0)
+    a = torch.full((3, 11), 1 / 11, dtype=torch.float64, requires_grad=True)
     ot_loss(x, y, a, solver="sinkhorn", epsilon=1e-3).sum().backward()
-    for i in range(2):
-        spread = cost[i].std(ddof=1)  # as torch.std, by which the solver scales epsilon
+    for i in range(3):
+        cost = ot.dist(x[i].numpy(), y[i].numpy())
+        spread = cost.std(ddof=1)  # as torch.std, by which the solver scales epsilon
         with np.errstate(over="ignore"):  # an exp inside POT overflows at this epsilon; its potentials stay finite
-            _, log = ot.sinkhorn(np.full(11, 1 / 11), np.full(14, 1 / 14), cost[i], 1e-3 * spread,
+            _, log = ot.sinkhorn(np.full(11, 1 / 11), np.full(14, 1 / 14), cost, 1e-3 * spread,
                                  method="sinkhorn_log", numItermax=100_000, stopThr=1e-13, log=True)
         reference = 1e-3 * spread * log["log_u"]
         reference -= reference.mean()
-        assert np.abs(a.grad[i].numpy() - reference).max() < 3e-5 * spread
+        assert np.abs(a.grad[i].numpy() - reference).max() < 4e-5 * spread
