@@ -1,5 +1,7 @@
 """The alignment objectives against independent references: POT, finite differences, a double loop."""
 
+import warnings
+
 import numpy as np
 import ot
 import pytest
@@ -184,3 +186,30 @@ def test_ot_loss_input_errors():
         ot_loss(x, y, solver="greedy")
     with pytest.raises(ValueError, match=r"expects x \[B, N, D\]"):
         ot_loss(x[0], y[0])
+
+
+def test_sinkhorn_warns_when_it_does_not_converge():
+    x, y = _tokens(13)
+    with pytest.warns(UserWarning, match=r"Sinkhorn did not converge in max_iter=5 .*epsilon=0\.0001"):
+        ot_loss(x, y, solver="sinkhorn", epsilon=1e-4, max_iter=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ot_loss(x, y, solver="sinkhorn", epsilon=0.05)
+
+
+def test_sinkhorn_potentials_equal_pot_at_small_epsilon():
+    # the weights' gradient is the centred dual potential u; POT's log-domain Sinkhorn at the same (absolute)
+    # epsilon, run to 1e-13, is the reference. Sizes 11 x 14 share no divisor, so the potentials are well determined.
+    # Stopping on the row marginals alone left these 0.9e-4 and 1.2e-4 x the cost spread off (0.1 epsilon).
+    x, y = _tokens(0)
+    a = torch.full((3, 11), 1 / 11, dtype=torch.float64, requires_grad=True)
+    ot_loss(x, y, a, solver="sinkhorn", epsilon=1e-3).sum().backward()
+    for i in range(3):
+        cost = ot.dist(x[i].numpy(), y[i].numpy())
+        spread = cost.std(ddof=1)  # as torch.std, by which the solver scales epsilon
+        with np.errstate(over="ignore"):  # an exp inside POT overflows at this epsilon; its potentials stay finite
+            _, log = ot.sinkhorn(np.full(11, 1 / 11), np.full(14, 1 / 14), cost, 1e-3 * spread,
+                                 method="sinkhorn_log", numItermax=100_000, stopThr=1e-13, log=True)
+        reference = 1e-3 * spread * log["log_u"]
+        reference -= reference.mean()
+        assert np.abs(a.grad[i].numpy() - reference).max() < 4e-5 * spread
