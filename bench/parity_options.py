@@ -96,7 +96,7 @@ def run_seed(seed: int, out: Path, size, variants, objective: str = "attentive_o
             if variant_preset != preset:
                 continue
             started = time.perf_counter()
-            aligned_dir = out / f"seed{seed}" / f"1b-{objective}-{name}"
+            aligned_dir = out / f"seed{seed}" / f"1b-align-{objective}-{name}"
             run_alignment(prefix_dir, aligned_dir, align_data, objective, "exact", size, seed, overrides)
             row = evaluate(AutoModel.from_pretrained(aligned_dir).eval(), name, "audio", "aligned")
             scores[name] = row["source_f1"]

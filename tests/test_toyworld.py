@@ -43,7 +43,7 @@ def test_reduced_world_aligned_audio_names_the_right_sources(tmp_path):
     assert aligned > rows[("silence", "audio", "aligned")]["source_f1"] + 0.1
     assert aligned > 0.4  # naming one random source per clip scores about 0.17
     assert (tmp_path / "results.json").exists() and (tmp_path / "results.md").exists()
-    assert (tmp_path / "models" / "1b-ot_exact" / "token_distributions.png").exists()
+    assert (tmp_path / "models" / "1b-align-ot_exact" / "token_distributions.png").exists()
 
 
 @pytest.mark.slow

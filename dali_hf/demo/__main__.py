@@ -73,10 +73,10 @@ def _seeds(text: str) -> list[int]:
 
 
 def _figure_and_pipeline_captions(out: Path, seed: int, pipeline_examples: bool = True) -> None:
-    figure = out / "models" / "1b-attentive_ot" / "token_distributions.png"
+    figure = out / "models" / "1b-align-attentive_ot" / "token_distributions.png"
     if figure.exists():
         shutil.copy(figure, out / "token_distributions.png")
-    final = next((out / "models" / name for name in ("2-attentive_ot", "1b-attentive_ot")
+    final = next((out / "models" / name for name in ("2b-distill-attentive_ot", "1b-align-attentive_ot")
                   if (out / "models" / name).exists()), None)
     if final is None or not pipeline_examples:
         return

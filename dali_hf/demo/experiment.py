@@ -206,7 +206,7 @@ def run_objective(out_dir: str, seed: int, size: ExperimentSize, objective: str,
     rows = []
 
     step(f"stage 1b align: {name}")
-    aligned_dir = out / "models" / f"1b-{name}"
+    aligned_dir = out / "models" / f"1b-align-{name}"
     run_alignment(out / "models" / "1a-prefix-tune", aligned_dir, align_data, objective, solver, size, seed)
     aligned = _load(aligned_dir)
     for mode in ("audio", "audiovisual"):
@@ -215,7 +215,7 @@ def run_objective(out_dir: str, seed: int, size: ExperimentSize, objective: str,
         rows.append(evaluate(aligned, "silence", "audio", "aligned", silence=True))
     if size.distill and size.distill_clips:
         step(f"stages 2a pseudo-caption and 2b distill: {name}")
-        distilled = run_distillation(aligned_dir, out / "models" / f"2-{name}", world, size, seed)
+        distilled = run_distillation(aligned_dir, out / "models" / f"2b-distill-{name}", world, size, seed)
         # the distilled audio projector was trained on "<audio> + instruction" without the prefix
         # (DistillationConfig.use_prefix): its audio-only captions use that prompt
         for mode in ("audio", "audiovisual"):
