@@ -434,7 +434,7 @@ def _add_train(subparsers) -> None:
 def _run_train(args) -> None:
     if not os.path.isfile(args.config):
         raise SystemExit(f"error: recipe file not found: {args.config}")
-    from .recipe import run_recipe
+    from .recipe import check_recipe, run_recipe
 
     if args.config.endswith((".yaml", ".yml")):
         import yaml
@@ -444,6 +444,10 @@ def _run_train(args) -> None:
     else:
         with open(args.config, encoding="utf-8") as handle:
             config = json.load(handle)
+    try:
+        check_recipe(config)
+    except ValueError as error:
+        raise SystemExit(f"error: {args.config}: {error}") from None
     _register()
     print(f"final captioner: {run_recipe(config)}")
 

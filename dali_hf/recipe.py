@@ -19,7 +19,7 @@ import datasets
 from transformers import AutoModel, AutoProcessor
 from transformers.trainer_utils import get_last_checkpoint
 
-__all__ = ["run_recipe", "run_training_stage"]
+__all__ = ["check_recipe", "run_recipe", "run_training_stage"]
 
 RENAMED_SECTIONS = {"prefix": "prefix-tune", "pseudo_caption": "pseudo-caption"}  # earlier versions' names
 DONE = "stage_complete.json"
@@ -47,6 +47,25 @@ def run_training_stage(trainer_class, args, model_path: str, train_dataset, eval
     return trainer
 
 
+def check_recipe(config) -> None:
+    """A ValueError saying what to change when `config` is not a recipe `run_recipe` can run: a mapping with
+    "model", "output_dir", the "prefix-tune" and "align" sections (each with "data"), sections named as the stages."""
+    if not isinstance(config, dict):
+        raise ValueError(f"a recipe is a mapping of sections, got {type(config).__name__}")
+    renamed = {old: new for old, new in RENAMED_SECTIONS.items() if old in config}
+    if renamed:
+        raise ValueError("the recipe's sections are named as the stages: rename "
+                         + ", ".join(f"{old!r} to {new!r}" for old, new in renamed.items()))
+    known = {"model", "output_dir", "prefix-tune", "align", "pseudo-caption", "distill"}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"unknown recipe section(s) {unknown}: the sections are {sorted(known)}")
+    missing = [key for key in ("model", "output_dir", "prefix-tune", "align") if key not in config]
+    missing += [f"{key}.data" for key in ("prefix-tune", "align") if key in config and "data" not in config[key]]
+    if missing:
+        raise ValueError(f"the recipe lacks {', '.join(missing)}")
+
+
 def run_recipe(config: dict, log=print) -> str:
     """Run the stages of `config` in order; returns the folder of the final captioner.
 
@@ -67,10 +86,7 @@ def run_recipe(config: dict, log=print) -> str:
     )
     from .trainers.stages import STAGES
 
-    renamed = {old: new for old, new in RENAMED_SECTIONS.items() if old in config}
-    if renamed:
-        raise ValueError("the recipe's sections are named as the stages: rename "
-                         + ", ".join(f"{old!r} to {new!r}" for old, new in renamed.items()))
+    check_recipe(config)
     out = Path(config["output_dir"])
     folders = {stage.name: str(out / stage.folder) for stage in STAGES}
     model_path = config["model"]

@@ -46,3 +46,15 @@ def test_folders_and_card_titles_use_the_names(tmp_path):
 def test_the_recipe_names_its_sections_as_the_stages(tmp_path):
     with pytest.raises(ValueError, match="rename 'prefix' to 'prefix-tune', 'pseudo_caption' to 'pseudo-caption'"):
         recipe.run_recipe({"model": "m", "output_dir": str(tmp_path), "prefix": {}, "pseudo_caption": {}})
+
+
+def test_a_recipe_with_the_old_names_is_a_cli_error_that_says_what_to_rename(tmp_path, capsys):
+    (tmp_path / "old.yaml").write_text("model: m\noutput_dir: out\nprefix: {data: x}\nalign: {data: y}\n")
+    with pytest.raises(SystemExit, match="old.yaml: the recipe's sections are named as the stages: rename 'prefix' "
+                                         "to 'prefix-tune'"):
+        cli.main(["train", "--config", str(tmp_path / "old.yaml")])
+    with pytest.raises(ValueError, match=r"the recipe lacks prefix-tune, align.data"):
+        recipe.check_recipe({"model": "m", "output_dir": "o", "align": {}})
+    with pytest.raises(ValueError, match=r"unknown recipe section\(s\) \['distil'\]"):
+        recipe.check_recipe({"model": "m", "output_dir": "o", "prefix-tune": {"data": 1}, "align": {"data": 2},
+                             "distil": {}})
