@@ -1,66 +1,99 @@
-"""Caption many files with the pipeline: results to jsonl as they come, unreadable files reported, the run goes on."""
+"""Caption many files with the pipeline: one json line per input as it comes, unreadable inputs recorded and the run
+going on, resumable, over as many processes as `accelerate launch` starts (see `trainers/jobs.py`)."""
 
-import json
 import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from .modeling.media import MEDIA_EXTENSIONS, AudioInputError, media_duration
+from .trainers.jobs import read_jsonl, run_job, shard_paths
 
-from .modeling.media import MEDIA_EXTENSIONS, AudioInputError
-
-__all__ = ["caption_files", "find_media"]
+__all__ = ["caption_each", "caption_files", "find_media", "scan_media"]
 
 
-def find_media(paths: list[str], extensions: tuple[str, ...] = MEDIA_EXTENSIONS) -> list[str]:
-    """Files as given, and the files with one of `extensions` (audio and video by default) found (recursively,
-    sorted) under the folders given."""
-    found = []
+def scan_media(paths: Sequence[str], extensions: tuple[str, ...] = MEDIA_EXTENSIONS) -> tuple[list[str], Counter]:
+    """(files, skipped): the files given, then the files with one of `extensions` (audio and video by default)
+    found recursively, sorted, under the folders given, each file once; `skipped` counts the files of those
+    folders left out, by extension ("" for none)."""
+    found, seen, skipped = [], set(), Counter()
     for path in paths:
         if os.path.isdir(path):
-            found += sorted(str(p) for p in Path(path).rglob("*") if p.suffix.lower() in extensions)
+            files = sorted(p for p in Path(path).rglob("*") if p.is_file())
+            chosen = [str(p) for p in files if p.suffix.lower() in extensions]
+            skipped.update(p.suffix.lower() for p in files if p.suffix.lower() not in extensions)
         else:
-            found.append(path)
-    return found
+            chosen = [path]
+        for file in chosen:
+            if os.path.abspath(file) not in seen:
+                seen.add(os.path.abspath(file))
+                found.append(file)
+    return found, skipped
 
 
-def caption_files(captioner, files: list, output: str, batch_size: int = 1, progress: bool = True,
-                  names: list[str] | None = None, **call_kwargs) -> dict:
+def find_media(paths: Sequence[str], extensions: tuple[str, ...] = MEDIA_EXTENSIONS) -> list[str]:
+    """The files of [`scan_media`]."""
+    return scan_media(paths, extensions)[0]
+
+
+CAPTION_ERRORS = (AudioInputError, OSError, RuntimeError, ValueError)
+
+
+def caption_each(captioner, items: Sequence, batch_size: int = 1, **call_kwargs) -> Iterator[dict]:
+    """One result per item of `items`, in order: the pipeline's result (`{"caption"}`, `{"chunks"}`, with
+    `"partial"` for a file that decoded only in part) or `{"error": "Type: message"}` for an item that failed,
+    the other items of its batch captioned as usual."""
+    for start in range(0, len(items), batch_size):
+        group = list(items[start:start + batch_size])
+        try:
+            outputs = captioner(group, batch_size=batch_size, **call_kwargs)
+        except CAPTION_ERRORS:  # find which input: one at a time
+            outputs = [_caption_or_error(captioner, item, call_kwargs) for item in group]
+        for result in outputs:
+            if isinstance(result, Exception):
+                yield {"error": f"{type(result).__name__}: {result}"}
+            else:
+                yield _row(result[0] if isinstance(result, list) else result)
+
+
+def caption_files(captioner, files: Sequence, output: str, batch_size: int = 1, progress: bool = True,
+                  names: Sequence[str] | None = None, resume: bool = False, overwrite: bool = False,
+                  **call_kwargs) -> dict:
     """Caption `files` (paths, or any pipeline input) in batches, writing one json line per input to `output`:
     {"file", "caption"} (with "silent": true for silence), {"file", "chunks": [{"caption", "timestamp"}, ...]} for
-    audio longer than the encoder's window (one caption per window), or {"file", "error"}; "file" is the path, or
-    `names[i]` when given. Returns {"captioned": n, "failed": [...]}."""
-    names = [str(f) for f in files] if names is None else list(names)
-    failed, captioned = [], 0
-    with open(output, "w", encoding="utf-8") as handle, tqdm(total=len(files), disable=not progress,
-                                                             desc="captioning", unit="file") as bar:
-        for start in range(0, len(files), batch_size):
-            group = list(range(start, min(start + batch_size, len(files))))
-            try:
-                outputs = captioner([files[i] for i in group], batch_size=batch_size, **call_kwargs)
-            except (AudioInputError, OSError, RuntimeError, ValueError):  # find which input: one at a time
-                outputs = [_caption_or_error(captioner, files[i], call_kwargs) for i in group]
-            for index, result in zip(group, outputs, strict=True):
-                if isinstance(result, Exception):
-                    row = {"file": names[index], "error": f"{type(result).__name__}: {result}"}
-                    failed.append(row)
-                else:
-                    row = {"file": names[index], **_row(result[0])}
-                    captioned += 1
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-                handle.flush()
-            bar.update(len(group))
-    return {"captioned": captioned, "failed": failed}
+    audio longer than the encoder's window (one caption per window), or {"file", "error"}; a file that decoded
+    only in part also has "partial": {"decoded_s", "duration_s"}. "file" is the path, or `names[i]` when given.
+
+    An existing `output` is refused unless `resume` (the inputs already in it are skipped, the rest appended) or
+    `overwrite`. Under `accelerate launch` the inputs are split between the processes (balanced by duration) and
+    `output` is the file one process writes. Returns {"captioned": n, "failed": [rows], "resumed": n} over the
+    whole output."""
+    names = [str(f) for f in files] if names is None else [str(n) for n in names]
+    already = sum(len(read_jsonl(path)) for path in [output, *shard_paths(output)]) if resume else 0
+
+    def produce(indices):
+        results = caption_each(captioner, [files[i] for i in indices], batch_size=batch_size, **call_kwargs)
+        for index, result in zip(indices, results, strict=True):
+            yield index, {"file": names[index], **result}
+
+    (rows,) = run_job(names, [output], produce, key="file", resume=resume, overwrite=overwrite,
+                      weight=lambda i: media_duration(files[i]), progress=progress, unit="file")
+    wanted = set(names)
+    rows = [row for row in rows if row["file"] in wanted]
+    failed = [row for row in rows if "error" in row]
+    return {"captioned": len(rows) - len(failed), "failed": failed, "resumed": min(already, len(rows))}
 
 
 def _row(result: dict) -> dict:
     """A pipeline result as json: timestamps as lists."""
-    if "chunks" in result:
-        return {"chunks": [{**chunk, "timestamp": list(chunk["timestamp"])} for chunk in result["chunks"]]}
-    return dict(result)
+    row = dict(result)
+    if "chunks" in row:
+        row["chunks"] = [{**chunk, "timestamp": list(chunk["timestamp"])} for chunk in row["chunks"]]
+    return row
 
 
 def _caption_or_error(captioner, item, call_kwargs):
     try:
         return captioner(item, **call_kwargs)
-    except (AudioInputError, OSError, RuntimeError, ValueError) as error:
+    except CAPTION_ERRORS as error:
         return error

@@ -212,11 +212,15 @@ def _run_convert(argv: list[str]) -> None:
 
 def _add_pseudo_caption(subparsers) -> None:
     parser = subparsers.add_parser("pseudo-caption", help=PSEUDO_CAPTION_HELP,
-                                   description="Resumable: rerun the same command after an interruption.",
+                                   description="Writes pseudo_captions.jsonl ({id, caption}), skipped.jsonl ({id, "
+                                   "reason}) and the dataset to --output-dir. After an interruption, rerun the same "
+                                   "command with --resume. Under `accelerate launch --num_processes N` the rows are "
+                                   "split between the processes and the files are those a single process writes.",
                                    formatter_class=HELP_FORMAT)
     parser.add_argument("--model", required=True, help="aligned LlavaAudio folder (after stages 1a and 1b)")
     parser.add_argument("--data", required=True, help="(audio, image) pairs: a datasets.save_to_disk folder")
     parser.add_argument("--output-dir", required=True, help="folder of the pseudo-captions")
+    _add_job_flags(parser, "--output-dir")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="clips per generate() call")
     parser.add_argument("--max-new-tokens", type=positive_int, default=128, help="longest caption, in tokens")
     parser.add_argument("--preset", default="greedy", choices=PRESETS,
@@ -229,25 +233,41 @@ def _add_pseudo_caption(subparsers) -> None:
 
 
 def _run_pseudo_caption(args) -> None:
+    from .trainers.jobs import OutputError, check_output_dir
+    from .trainers.pseudo_captions import PSEUDO_CAPTIONS_FILE, SKIPPED_FILE
+
+    try:
+        check_output_dir(args.output_dir, [PSEUDO_CAPTIONS_FILE, SKIPPED_FILE], resume=args.resume,
+                         overwrite=args.overwrite)
+    except OutputError as error:
+        _job_output_error(error)
     import datasets
+    from accelerate import PartialState
     from transformers import AutoModel, AutoProcessor
 
     from .trainers import generate_pseudo_captions
 
+    state = PartialState()
     sampling = dict(do_sample=True, temperature=0.2) if args.preset == "paper" else dict(do_sample=False)
-    result = generate_pseudo_captions(AutoModel.from_pretrained(args.model), AutoProcessor.from_pretrained(args.model),
+    model = AutoModel.from_pretrained(args.model).to(state.device if state.num_processes > 1 else "cpu")
+    result = generate_pseudo_captions(model, AutoProcessor.from_pretrained(args.model),
                                       datasets.load_from_disk(args.data), args.output_dir,
                                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                                      prompt_preset=args.prompt_preset, **sampling)
-    print(f"{len(result)} pseudo-captions in {args.output_dir}")
+                                      prompt_preset=args.prompt_preset, resume=args.resume, overwrite=args.overwrite,
+                                      progress=not args.quiet, **sampling)
+    if state.is_main_process:
+        print(f"{len(result)} pseudo-captions in {args.output_dir}")
 
 
 def _add_caption(subparsers) -> None:
     parser = subparsers.add_parser(
         "caption", help="caption audio or video files (or images) with a LlavaAudio model", formatter_class=HELP_FORMAT,
         description="Writes one json line per file: {file, caption}, {file, chunks: [{caption, timestamp}, ...]} for "
-        "audio longer than the encoder's window, or {file, error}. Unreadable files are reported in the output and "
-        "the summary, and the run goes on; the exit status is 1 when no file was captioned.")
+        "audio longer than the encoder's window, or {file, error}; a file that decoded only in part is marked "
+        "{partial: {decoded_s, duration_s}}. Unreadable files are reported in the output and the summary, and the "
+        "run goes on; the exit status is 1 when no file was captioned. An existing --output is refused unless "
+        "--resume or --overwrite. Under `accelerate launch --num_processes N` the files are split between the "
+        "processes and the output is the one a single process writes.")
     parser.add_argument("inputs", nargs="+", help="files and/or folders (searched recursively)")
     parser.add_argument("--model", required=True, help="LlavaAudio folder or Hub id")
     parser.add_argument("--mode", default="audio", choices=["audio", "audiovisual", "image"],
@@ -257,6 +277,7 @@ def _add_caption(subparsers) -> None:
                         help='frame of a video for audiovisual / image mode: "middle", "first" or seconds')
     parser.add_argument("--batch-size", type=positive_int, default=1, help="inputs per generate() call")
     parser.add_argument("--output", default="captions.jsonl", help="json lines file to write")
+    _add_job_flags(parser, "--output")
     parser.add_argument("--preset", default="greedy", choices=PRESETS,
                         help="decoding: greedy (reproducible) or paper (temperature 0.2, as the reference code)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=64, help="longest caption, in tokens")
@@ -275,33 +296,68 @@ def _add_caption(subparsers) -> None:
     parser.set_defaults(func=_run_caption)
 
 
-def _run_caption(args) -> None:
-    from .captioning import caption_files, find_media
-    from .modeling.media import IMAGE_EXTENSIONS, MEDIA_EXTENSIONS
+def _add_job_flags(parser, output: str) -> None:
+    """--resume, --overwrite and --quiet of the commands that caption many inputs."""
+    parser.add_argument("--resume", action="store_true",
+                        help=f"keep what {output} already holds (after an interruption) and do only the rest")
+    parser.add_argument("--overwrite", action="store_true", help=f"start {output} again")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _job_output_error(error) -> None:
+    raise SystemExit(f"error: {error}") from None
+
+
+def _run_caption(args) -> None:
+    from .captioning import caption_files, scan_media
+    from .modeling.media import IMAGE_EXTENSIONS, MEDIA_EXTENSIONS
+    from .trainers.jobs import OutputError, check_output
+
+    try:
+        check_output(args.output, resume=args.resume, overwrite=args.overwrite)
+    except OutputError as error:
+        _job_output_error(error)
     extensions = MEDIA_EXTENSIONS + IMAGE_EXTENSIONS if args.mode == "image" else MEDIA_EXTENSIONS
     for folder in (p for p in args.inputs if os.path.isdir(p)):
-        if not find_media([folder], extensions):
+        if not scan_media([folder], extensions)[0]:
             print(f"warning: no {'image, ' if args.mode == 'image' else ''}audio or video file in {folder}",
                   file=sys.stderr)
-    files = find_media(args.inputs, extensions)
+    files, skipped = scan_media(args.inputs, extensions)
     if not files:
-        raise SystemExit("error: nothing to caption: no input file found")
+        raise SystemExit("error: nothing to caption: no input file found" + _skipped_text(skipped))
+    from accelerate import PartialState
     from transformers import pipeline
 
     _register()
-    captioner = pipeline("audio-captioning", model=args.model)
-    summary = caption_files(captioner, files, args.output, batch_size=args.batch_size, mode=args.mode,
-                            frame=args.frame, preset=args.preset, max_new_tokens=args.max_new_tokens,
-                            prompt=args.prompt, prompt_preset=args.prompt_preset,
-                            chunk_length_s=args.chunk_length_s,
-                            stride_length_s=args.stride_length_s, long_audio=args.long_audio,
-                            silence_threshold_db=args.silence_threshold_db)
-    print(f"{summary['captioned']} of {len(files)} files captioned -> {args.output}")
-    for row in summary["failed"]:
-        print(f"  failed: {row['file']}: {row['error']}")
+    state = PartialState()
+    device = state.device if state.num_processes > 1 else None
+    captioner = pipeline("audio-captioning", model=args.model, device=device)
+    try:
+        summary = caption_files(captioner, files, args.output, batch_size=args.batch_size, progress=not args.quiet,
+                                resume=args.resume, overwrite=args.overwrite, mode=args.mode,
+                                frame=args.frame, preset=args.preset, max_new_tokens=args.max_new_tokens,
+                                prompt=args.prompt, prompt_preset=args.prompt_preset,
+                                chunk_length_s=args.chunk_length_s,
+                                stride_length_s=args.stride_length_s, long_audio=args.long_audio,
+                                silence_threshold_db=args.silence_threshold_db)
+    except OutputError as error:
+        _job_output_error(error)
+    if state.is_main_process:
+        resumed = f" ({summary['resumed']} of them already there)" if summary["resumed"] else ""
+        print(f"{summary['captioned']} of {len(files)} files captioned{resumed} -> {args.output}"
+              + _skipped_text(skipped))
+        for row in summary["failed"]:
+            print(f"  failed: {row['file']}: {row['error']}")
     if summary["captioned"] == 0:
         raise SystemExit(f"error: no file could be captioned ({len(files)} failed)")
+
+
+def _skipped_text(skipped) -> str:
+    """How many files of the folders were left out, by extension."""
+    if not skipped:
+        return ""
+    kinds = ", ".join(f"{count} {extension or '(no extension)'}" for extension, count in sorted(skipped.items()))
+    return f"; {sum(skipped.values())} files skipped by extension ({kinds})"
 
 
 def _add_evaluate(subparsers) -> None:
@@ -322,6 +378,7 @@ def _add_evaluate(subparsers) -> None:
                                                  "the start time)")
     parser.add_argument("--mode", default="audio", choices=["audio", "audiovisual"], help="what the model is given")
     parser.add_argument("--output-dir", required=True, help="folder of captions.jsonl, scores.json, model_index.json")
+    _add_job_flags(parser, "--output-dir")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="clips per generate() call")
     parser.add_argument("--max-new-tokens", type=positive_int, default=64, help="longest caption, in tokens")
     parser.add_argument("--metrics", nargs="+", choices=METRICS, metavar="METRIC",
@@ -343,7 +400,12 @@ def _run_evaluate(args) -> None:
         read_hf_dataset,
     )
     from .metrics import SpiceUnavailableError
+    from .trainers.jobs import OutputError, check_output_dir
 
+    try:
+        check_output_dir(args.output_dir, ["captions.jsonl"], resume=args.resume, overwrite=args.overwrite)
+    except OutputError as error:
+        _job_output_error(error)
     kind = args.format or _guess_format(args.data)
     if kind in ("audiocaps", "clotho") and not args.audio_dir:
         raise SystemExit(f"error: --audio-dir is needed with a {kind} csv")
@@ -361,15 +423,26 @@ def _run_evaluate(args) -> None:
         data, missing = read_hf_dataset(datasets.load_from_disk(args.data))
     _register()
     name = args.dataset_name or {"audiocaps": "AudioCaps", "clotho": "Clotho"}.get(kind, Path(args.data).name)
-    scores = evaluate_captioner(args.model, data, args.output_dir, mode=args.mode, batch_size=args.batch_size,
-                                max_new_tokens=args.max_new_tokens, metrics=args.metrics, dataset_name=name,
-                                split=args.split, model_name=Path(args.model).name, missing=missing,
-                                long_clips=args.long_clips)
+    try:
+        scores = evaluate_captioner(args.model, data, args.output_dir, mode=args.mode, batch_size=args.batch_size,
+                                    max_new_tokens=args.max_new_tokens, metrics=args.metrics, dataset_name=name,
+                                    split=args.split, model_name=Path(args.model).name, missing=missing,
+                                    long_clips=args.long_clips, resume=args.resume, overwrite=args.overwrite,
+                                    progress=not args.quiet)
+    except OutputError as error:
+        _job_output_error(error)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return
     print(json.dumps(scores, indent=2))
     for metric, why in not_computed.items():
         print(f"{metric} not computed: {why}")
-    if missing:
-        print(f"{len(missing)} clips had no audio file (listed in {args.output_dir}/scores.json)")
+    failed = json.loads(Path(args.output_dir, "scores.json").read_text())["clips_failed"]
+    if failed:
+        print(f"{len(failed)} clips not scored (listed in {args.output_dir}/scores.json):")
+        for row in failed:
+            print(f"  failed: {row['id']}: {row['reason']}")
 
 
 def _guess_format(path: str) -> str:

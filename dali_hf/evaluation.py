@@ -16,7 +16,7 @@ import datasets
 
 from .modeling.media import MEDIA_EXTENSIONS
 
-__all__ = ["LONG_CLIP_POLICIES", "read_audiocaps", "read_clotho", "read_hf_dataset", "evaluate_captioner",
+__all__ = ["CAPTIONS_FILE", "LONG_CLIP_POLICIES", "read_audiocaps", "read_clotho", "read_hf_dataset", "evaluate_captioner",
            "metrics_to_compute"]
 
 # How a clip longer than the audio encoder's window is captioned for scoring. "first_window" (default): one caption
@@ -130,10 +130,14 @@ def metrics_to_compute(metrics=None, corenlp_dir: str | None = None) -> tuple[li
     return wanted, {}
 
 
+CAPTIONS_FILE = "captions.jsonl"
+
+
 def evaluate_captioner(model, data: datasets.Dataset, output_dir: str, mode: str = "audio", batch_size: int = 8,
                        max_new_tokens: int = 64, metrics=None, dataset_name: str = "custom", split: str = "test",
                        model_name: str | None = None, missing: list[dict] | None = None,
-                       long_clips: str = "first_window") -> dict:
+                       long_clips: str = "first_window", resume: bool = False, overwrite: bool = False,
+                       progress: bool = True) -> dict:
     """Caption every clip of `data` (greedy: reproducible), score against the references, and write
     `captions.jsonl`, `scores.json` and `model_index.json` (a model-index block for a model card) to
     `output_dir`. Returns the scores.
@@ -141,53 +145,80 @@ def evaluate_captioner(model, data: datasets.Dataset, output_dir: str, mode: str
     One caption per clip: `long_clips` says how a clip longer than the audio encoder's window is captioned (see
     `LONG_CLIP_POLICIES`; by default from its first window, as the paper scores AudioCaps and Clotho). Silence is
     not detected here (the model's own caption is scored, as in the paper). Metric names and the availability of
-    SPICE are checked before any clip is captioned; `scores.json` lists the metrics left out and why.
+    SPICE are checked before any clip is captioned; `scores.json` lists the metrics left out and why, and the clips
+    that failed or had no audio (`clips_failed`: `{"id", "reason"}` each).
+
+    Each clip's line is written to `captions.jsonl` as it is captioned: an existing one is refused unless `resume`
+    (its clips are kept, the rest captioned) or `overwrite`. Under `accelerate launch` the clips are split between
+    the processes; the files are those one process writes, and the main process scores.
     """
+    from accelerate import PartialState
     from huggingface_hub import EvalResult
     from huggingface_hub.repocard_data import eval_results_to_model_index
     from transformers import pipeline
 
-    from .captioning import caption_files
+    from .captioning import caption_each
     from .metrics import score
+    from .modeling.media import media_duration
+    from .trainers.jobs import check_output_dir, run_job
 
     if long_clips not in LONG_CLIP_POLICIES:
         raise ValueError(f"long_clips must be one of {LONG_CLIP_POLICIES}, got {long_clips!r}")
     wanted, not_computed = metrics_to_compute(metrics)
-    os.makedirs(output_dir, exist_ok=True)
-    captioner = pipeline("audio-captioning", model=model) if isinstance(model, str) else model
-    raw = os.path.join(output_dir, "captions.raw.jsonl")
-    summary = caption_files(captioner, list(data["audio"]), raw, batch_size=batch_size, names=list(data["id"]),
-                            mode=mode, max_new_tokens=max_new_tokens, silence_threshold_db=None,
-                            long_audio="first_window" if long_clips == "first_window" else "chunks")
-    rows = [_one_caption(json.loads(line)) for line in Path(raw).read_text(encoding="utf-8").splitlines()]
-    os.remove(raw)
-    scored, failed = [], list(missing or []) + summary["failed"]
-    with open(os.path.join(output_dir, "captions.jsonl"), "w", encoding="utf-8") as handle:
-        for clip_id, references, row in zip(data["id"], data["references"], rows, strict=True):
-            entry = {"id": clip_id, **{k: v for k, v in row.items() if k != "file"}, "references": references}
-            handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
-            if "caption" in row:
-                scored.append((row["caption"], references))
+    check_output_dir(output_dir, [CAPTIONS_FILE], resume=resume, overwrite=overwrite, name="output folder")
+    state = PartialState()
+    if state.is_main_process:
+        os.makedirs(output_dir, exist_ok=True)
+    state.wait_for_everyone()
+    if isinstance(model, str):
+        captioner = pipeline("audio-captioning", model=model, device=state.device if state.num_processes > 1 else None)
+    else:
+        captioner = model
+    ids = [str(clip_id) for clip_id in data["id"]]
+    call = dict(mode=mode, max_new_tokens=max_new_tokens, silence_threshold_db=None,
+                long_audio="first_window" if long_clips == "first_window" else "chunks")
+
+    def produce(indices):
+        for start in range(0, len(indices), batch_size):
+            batch = data.select(indices[start:start + batch_size])
+            results = caption_each(captioner, list(batch["audio"]), batch_size=batch_size, **call)
+            for index, references, result in zip(indices[start:start + batch_size], batch["references"], results,
+                                                  strict=True):
+                yield index, {"id": ids[index], **_one_caption(result), "references": references}
+
+    audio_feature = data.features.get("audio")
+    paths = isinstance(audio_feature, datasets.Value) and audio_feature.dtype == "string"
+    (rows,) = run_job(ids, [os.path.join(output_dir, CAPTIONS_FILE)], produce, key="id", resume=resume,
+                      overwrite=overwrite, weight=(lambda i: media_duration(data[i]["audio"])) if paths else None,
+                      progress=progress, description="evaluating", unit="clip")
+    known = set(ids)
+    rows = [row for row in rows if row["id"] in known]
+    scored = [(row["caption"], row["references"]) for row in rows if "caption" in row]
     if not scored:
-        raise RuntimeError(f"no clip could be captioned; see {output_dir}/captions.jsonl")
-    results = score([c for c, _ in scored], [r for _, r in scored], wanted)
-    report = {"scores": results, "not_computed": not_computed, "clips_scored": len(scored), "clips_failed": failed,
-              "mode": mode, "long_clips": long_clips,
-              "decoding": {"do_sample": False, "max_new_tokens": max_new_tokens}}
-    Path(output_dir, "scores.json").write_text(json.dumps(report, indent=2))
-    eval_results = [
-        EvalResult(task_type="audio-captioning", task_name="Audio captioning", dataset_type=dataset_name.lower(),
-                   dataset_name=dataset_name, dataset_split=split, metric_type=name, metric_name=name.upper(),
-                   metric_value=round(100 * value, 2))
-        for name, value in results.items()
-    ]
-    model_index = eval_results_to_model_index(model_name or "dali", eval_results)
-    Path(output_dir, "model_index.json").write_text(json.dumps(model_index, indent=2))
-    if failed:
-        logger.warning("%d clips could not be captioned or had no audio; listed in scores.json", len(failed))
-    for name, why in not_computed.items():
-        logger.warning("%s not computed: %s", name, why)
-    return results
+        raise RuntimeError(f"no clip could be captioned; see {output_dir}/{CAPTIONS_FILE}")
+    failed = [{"id": row["id"], "reason": row["reason"]} for row in missing or []]
+    failed += [{"id": row["id"], "reason": row["error"]} for row in rows if "error" in row]
+    scores_path = Path(output_dir, "scores.json")
+    if state.is_main_process:
+        results = score([c for c, _ in scored], [r for _, r in scored], wanted)
+        report = {"scores": results, "not_computed": not_computed, "clips_scored": len(scored),
+                  "clips_failed": failed, "mode": mode, "long_clips": long_clips,
+                  "decoding": {"do_sample": False, "max_new_tokens": max_new_tokens}}
+        scores_path.write_text(json.dumps(report, indent=2))
+        eval_results = [
+            EvalResult(task_type="audio-captioning", task_name="Audio captioning", dataset_type=dataset_name.lower(),
+                       dataset_name=dataset_name, dataset_split=split, metric_type=name, metric_name=name.upper(),
+                       metric_value=round(100 * value, 2))
+            for name, value in results.items()
+        ]
+        model_index = eval_results_to_model_index(model_name or "dali", eval_results)
+        Path(output_dir, "model_index.json").write_text(json.dumps(model_index, indent=2))
+        if failed:
+            logger.warning("%d clips could not be captioned or had no audio; listed in scores.json", len(failed))
+        for name, why in not_computed.items():
+            logger.warning("%s not computed: %s", name, why)
+    state.wait_for_everyone()
+    return json.loads(scores_path.read_text())["scores"]
 
 
 def _one_caption(row: dict) -> dict:

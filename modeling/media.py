@@ -25,10 +25,14 @@ import torch
 __all__ = ["AUDIO_EXTENSIONS", "CHANNEL_POLICIES", "IMAGE_EXTENSIONS", "MAX_CHANNELS",
            "MEDIA_EXTENSIONS", "VIDEO_EXTENSIONS", "AudioInputError", "AudioSource", "TruncatedAudioError", "as_array",
            "channels_first", "check_channel_policy", "check_sampling_rate", "downmix", "frame_at", "frame_seconds", "is_video", "load_image",
+           "media_duration",
            "pcm_to_float", "prepare_audio", "to_mono_rate"]
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac")
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+# Each one is decoded in the tests from a file that ffmpeg made (tests/test_batch_jobs.py)
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".aiff", ".aif", ".wma", ".ac3",
+                    ".mp2", ".mka", ".caf", ".au", ".wv", ".w64")
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".mts", ".wmv", ".3gp",
+                    ".ogv")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 MEDIA_EXTENSIONS = AUDIO_EXTENSIONS + VIDEO_EXTENSIONS  # what carries sound
 CHANNEL_POLICIES = ("mean", "first")
@@ -319,3 +323,21 @@ def _describe(source) -> str:
     if isinstance(source, (str, os.PathLike)):
         return os.fspath(source)
     return f"audio input ({type(source).__name__})"
+
+
+def media_duration(source) -> float | None:
+    """The duration in seconds of a media file from its header (no decoding), None when it cannot be read so."""
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    try:
+        import soundfile
+
+        return float(soundfile.info(os.fspath(source)).duration)
+    except Exception:  # not a libsndfile format: FFmpeg's container metadata
+        pass
+    try:
+        from torchcodec.decoders import AudioDecoder
+
+        return AudioDecoder(os.fspath(source)).metadata.duration_seconds
+    except Exception:
+        return None
