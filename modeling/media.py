@@ -31,8 +31,8 @@ __all__ = ["AUDIO_EXTENSIONS", "CHANNEL_POLICIES", "IMAGE_EXTENSIONS", "MAX_CHAN
 # Each one is decoded in the tests from a file that ffmpeg made (tests/test_batch_jobs.py)
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".aiff", ".aif", ".wma", ".ac3",
                     ".mp2", ".mka", ".caf", ".au", ".wv", ".w64")
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".mts", ".wmv", ".3gp",
-                    ".ogv")
+# (MPEG program and transport streams, .mpg / .ts, are not listed: their audio starts after 0 s, where reads begin)
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".wmv", ".3gp", ".ogv")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 MEDIA_EXTENSIONS = AUDIO_EXTENSIONS + VIDEO_EXTENSIONS  # what carries sound
 CHANNEL_POLICIES = ("mean", "first")
