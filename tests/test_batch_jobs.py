@@ -183,8 +183,8 @@ def test_a_clip_decoded_in_part_is_captioned_and_marked(captioner, tmp_path):
 
 
 def _start_caption(whisper_folder, inputs, output, *extra):
-    return subprocess.Popen([DALI_HF, "caption", *map(str, inputs), "--model", str(whisper_folder), "--batch-size", 1,
-                             "--max-new-tokens", 12, "--output", str(output), "--quiet", *map(str, extra)],
+    return subprocess.Popen([DALI_HF, "caption", *map(str, inputs), "--model", str(whisper_folder), "--batch-size", "1",
+                             "--max-new-tokens", "12", "--output", str(output), "--quiet", *map(str, extra)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
 
 
@@ -193,25 +193,35 @@ def _wait_for_lines(path: Path, count: int, process, timeout: float = 300) -> No
     while time.monotonic() < deadline and process.poll() is None:
         if path.exists() and path.read_bytes().count(b"\n") >= count:
             return
-        time.sleep(0.05)
+        time.sleep(0.01)
     raise AssertionError(f"{path} did not reach {count} lines: {process.poll()} {process.stderr.read()[-2000:]}")
 
 
 @pytest.mark.slow  # four runs of the command
 def test_command_refuses_a_second_writer_and_resumes_after_a_kill(whisper_folder, tmp_path):
-    files = write_clips(tmp_path / "clips", 24)
+    files = write_clips(tmp_path / "clips", 40)
     (tmp_path / "clips" / "notes.txt").write_text("not audio")
     output = tmp_path / "captions.jsonl"
 
     first = _start_caption(whisper_folder, [tmp_path / "clips"], output)
     _wait_for_lines(output, 1, first)
-    second = run(DALI_HF, "caption", tmp_path / "clips", "--model", whisper_folder, "--output", output, "--resume")
-    assert second.returncode == 1 and "is being written by another process" in second.stderr, second.stderr[-2000:]
+    first.send_signal(signal.SIGSTOP)  # frozen midway, holding the lock
+    try:
+        assert output.read_bytes().count(b"\n") < 40
+        start = time.perf_counter()
+        second = run(DALI_HF, "caption", tmp_path / "clips", "--model", whisper_folder, "--output", output,
+                     "--resume")
+        print(f"second writer refused after {time.perf_counter() - start:.1f} s")
+        assert second.returncode == 1 and "is being written by another process" in second.stderr, \
+            second.stderr[-2000:]
+        assert "Loading weights" not in second.stderr  # refused before its model loads
+    finally:
+        first.send_signal(signal.SIGCONT)
     out, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-3000:]
     expected = read_jsonl(str(output))
     assert [row["file"] for row in expected] == files
-    assert "24 of 24 files captioned" in out and "1 files skipped by extension (1 .txt)" in out
+    assert "40 of 40 files captioned" in out and "1 files skipped by extension (1 .txt)" in out
 
     refused = run(DALI_HF, "caption", tmp_path / "clips", "--model", tmp_path / "no-model", "--output", output)
     assert refused.returncode == 1 and f"error: {output} already exists: pass --resume" in refused.stderr
@@ -223,13 +233,14 @@ def test_command_refuses_a_second_writer_and_resumes_after_a_kill(whisper_folder
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=60)
     written = read_jsonl(str(output))
-    assert 2 <= len(written) < 24 and os.path.exists(str(output) + ".lock")  # killed midway, its lock file left
+    assert 2 <= len(written) < 40 and os.path.exists(str(output) + ".lock")  # killed midway, its lock file left
     with open(output, "a") as handle:
         handle.write('{"file": "' + files[len(written)] + '", "capt')  # as a kill during a write would leave it
     resumed = subprocess.run(_start_caption(whisper_folder, [tmp_path / "clips"], output, "--resume").args,
                              capture_output=True, text=True, env=ENV, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert read_jsonl(str(output)) == expected  # each file once, in order, as the uninterrupted run wrote them
+    assert output.read_text().count("\n") == 40
     assert f"({len(written)} of them already there)" in resumed.stdout
 
 

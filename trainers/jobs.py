@@ -5,9 +5,11 @@ split between the processes of `accelerate launch`.
   unless the job resumes (skips the inputs already written, appends the rest) or overwrites it.
 - Lines are written whole: one write, flushed and synced per line. A line cut by a kill is cut off the file when
   the job resumes ([`read_jsonl`] with `repair`), so no torn line is ever left mid-file.
-- One writer at a time: the main process holds an exclusive `flock` on `<output>.lock` for the whole job, so a
-  second job writing the same output is refused at once. The kernel releases the lock when its process dies, so the
-  lock file a killed job leaves behind never blocks.
+- One writer at a time: the main process holds an exclusive lock on `<output>.lock` for the whole job, so a second
+  job writing the same output is refused at once. The kernel releases the lock when its process dies, so the lock
+  file a killed job leaves behind never blocks. It is a POSIX record lock (`fcntl.lockf`), not `flock`: a `flock`
+  is shared with the processes forked while it is held (the pipeline's data-loading workers), which outlive a killed
+  job for a while and would keep its output locked.
 - N processes ([`run_job`]): the inputs not yet written are split into contiguous shares, balanced by duration when
   it is known, else by count; each process writes its share to `<output>.part-<rank>-of-<N>`, and the main process
   merges the shares into the output in input order, so the file is the one a single process writes.
@@ -36,10 +38,11 @@ def _shard_path(path: str, rank: int, count: int) -> str:
     return path if count == 1 else f"{path}.part-{rank}-of-{count}"
 
 
-def check_output(path: str, resume: bool = False, overwrite: bool = False, name: str = "--output") -> None:
+def check_output(path: str, resume: bool = False, overwrite: bool = False, name: str = "--output",
+                 locked: bool = True) -> None:
     """Refuse, before any model loads, an output file that cannot be written as asked: a folder, a file in a folder
-    that does not exist, or an existing output (or the shares of an interrupted run) without `resume` or
-    `overwrite`."""
+    that does not exist, an existing output (or the shares of an interrupted run) without `resume` or `overwrite`,
+    or (`locked`) an output another job is writing."""
     if resume and overwrite:
         raise OutputError("--resume and --overwrite exclude each other: --resume keeps the lines already written, "
                           "--overwrite starts again")
@@ -52,6 +55,8 @@ def check_output(path: str, resume: bool = False, overwrite: bool = False, name:
     if not (resume or overwrite) and (os.path.exists(path) or shard_paths(path)):
         raise OutputError(f"{path} already exists: pass --resume to keep its lines and do only the inputs not in it, "
                           "or --overwrite to start again")
+    if locked:
+        OutputLock(path).check()
 
 
 def check_output_dir(folder: str, files: Sequence[str], resume: bool = False, overwrite: bool = False,
@@ -66,22 +71,46 @@ def check_output_dir(folder: str, files: Sequence[str], resume: bool = False, ov
         check_output(os.path.join(folder, file), resume=resume, overwrite=overwrite, name=name)
 
 
+_HELD: set[str] = set()  # lock files this process holds: a POSIX lock does not exclude its own process
+
+
 class OutputLock:
     """An exclusive lock on `<path>.lock`, taken at once or refused with an [`OutputError`] naming the holder."""
 
     def __init__(self, path: str):
         self.target, self.path, self._fd = path, path + ".lock", None
 
+    def _refuse(self, holder: str):
+        return OutputError(f"{self.target} is being written by another process (pid {holder}; lock file "
+                           f"{self.path}): wait for it to finish, or write to another file")
+
+    def check(self) -> None:
+        """Refuse at once if another job holds the lock (without taking it)."""
+        if os.path.realpath(self.path) in _HELD:
+            raise self._refuse(str(os.getpid()))
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            raise self._refuse(os.read(fd, 32).decode(errors="replace").strip() or "unknown") from None
+        finally:
+            os.close(fd)
+
     def acquire(self) -> "OutputLock":
+        key = os.path.realpath(self.path)
+        if key in _HELD:  # checked before opening: closing any descriptor of the file drops this process's lock
+            raise self._refuse(str(os.getpid()))
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # EAGAIN / EACCES: held by another process
                 holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
-                raise OutputError(f"{self.target} is being written by another process (pid {holder}; lock file "
-                                  f"{self.path}): wait for it to finish, or write to another file") from None
+                raise self._refuse(holder) from None
             try:  # the lock file we hold must still be the one on disk (a finishing job removes its own)
                 if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
                     break
@@ -89,15 +118,17 @@ class OutputLock:
                 pass
             os.close(fd)
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd, self._key = fd, key
+        _HELD.add(key)
         return self
 
     def release(self) -> None:
         if self._fd is None:
             return
         os.unlink(self.path)  # while still held: no other process can have taken this file's lock
-        os.close(self._fd)  # closing releases the flock
+        os.close(self._fd)  # closing releases the lock
+        _HELD.discard(self._key)
         self._fd = None
 
     def __enter__(self):
@@ -211,8 +242,8 @@ def run_job(keys: Sequence[str], paths: Sequence[str], produce: Callable[[list[i
     from tqdm.auto import tqdm
 
     state = PartialState()
-    for path in paths:
-        check_output(path, resume=resume, overwrite=overwrite, name="output")
+    for path in paths:  # the lock is taken below, by the main process, while the others may still be here
+        check_output(path, resume=resume, overwrite=overwrite, name="output", locked=False)
     order = {str(name): index for index, name in enumerate(keys)}
     if len(order) != len(keys):
         raise ValueError("the inputs of a job must be named uniquely: some names appear twice")
