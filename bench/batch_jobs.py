@@ -23,7 +23,7 @@ def _caption(folder: Path, model: Path, output: Path, processes: int, new_tokens
            "MKL_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", str(processes),
-               "--mixed_precision", "no", "--cpu", str(Path(sys.executable).with_name("dali-hf")), "caption",
+               "--mixed_precision", "no", str(Path(sys.executable).with_name("dali-hf")), "caption",
                str(folder), "--model", str(model), "--batch-size", "8", "--max-new-tokens", str(new_tokens),
                "--output", str(output), "--overwrite", "--quiet"]
     start = time.perf_counter()

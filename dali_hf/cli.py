@@ -242,12 +242,12 @@ def _run_pseudo_caption(args) -> None:
     except OutputError as error:
         _job_output_error(error)
     import datasets
-    from accelerate import PartialState
     from transformers import AutoModel, AutoProcessor
 
     from .trainers import generate_pseudo_captions
+    from .trainers.jobs import job_state
 
-    state = PartialState()
+    state = job_state()
     sampling = dict(do_sample=True, temperature=0.2) if args.preset == "paper" else dict(do_sample=False)
     model = AutoModel.from_pretrained(args.model).to(state.device if state.num_processes > 1 else "cpu")
     result = generate_pseudo_captions(model, AutoProcessor.from_pretrained(args.model),
@@ -325,11 +325,12 @@ def _run_caption(args) -> None:
     files, skipped = scan_media(args.inputs, extensions)
     if not files:
         raise SystemExit("error: nothing to caption: no input file found" + _skipped_text(skipped))
-    from accelerate import PartialState
     from transformers import pipeline
 
+    from .trainers.jobs import job_state
+
     _register()
-    state = PartialState()
+    state = job_state()
     device = state.device if state.num_processes > 1 else None
     captioner = pipeline("audio-captioning", model=args.model, device=device)
     try:
@@ -431,9 +432,9 @@ def _run_evaluate(args) -> None:
                                     progress=not args.quiet)
     except OutputError as error:
         _job_output_error(error)
-    from accelerate import PartialState
+    from .trainers.jobs import job_state
 
-    if not PartialState().is_main_process:
+    if not job_state().is_main_process:
         return
     print(json.dumps(scores, indent=2))
     for metric, why in not_computed.items():

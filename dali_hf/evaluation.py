@@ -152,7 +152,6 @@ def evaluate_captioner(model, data: datasets.Dataset, output_dir: str, mode: str
     (its clips are kept, the rest captioned) or `overwrite`. Under `accelerate launch` the clips are split between
     the processes; the files are those one process writes, and the main process scores.
     """
-    from accelerate import PartialState
     from huggingface_hub import EvalResult
     from huggingface_hub.repocard_data import eval_results_to_model_index
     from transformers import pipeline
@@ -160,13 +159,13 @@ def evaluate_captioner(model, data: datasets.Dataset, output_dir: str, mode: str
     from .captioning import caption_each
     from .metrics import score
     from .modeling.media import media_duration
-    from .trainers.jobs import check_output_dir, run_job
+    from .trainers.jobs import check_output_dir, job_state, run_job
 
     if long_clips not in LONG_CLIP_POLICIES:
         raise ValueError(f"long_clips must be one of {LONG_CLIP_POLICIES}, got {long_clips!r}")
     wanted, not_computed = metrics_to_compute(metrics)
     check_output_dir(output_dir, [CAPTIONS_FILE], resume=resume, overwrite=overwrite, name="output folder")
-    state = PartialState()
+    state = job_state()
     if state.is_main_process:
         os.makedirs(output_dir, exist_ok=True)
     state.wait_for_everyone()

@@ -247,8 +247,7 @@ def test_command_refuses_a_second_writer_and_resumes_after_a_kill(whisper_folder
 def _launch(*args):
     """The command under `accelerate launch --num_processes 2` with the shipped DDP config (CPU processes here)."""
     return run(sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               ROOT / "configs" / "accelerate" / "ddp.yaml", "--num_processes", 2, "--mixed_precision", "no",
-               "--cpu", *args)
+               ROOT / "configs" / "accelerate" / "ddp.yaml", "--num_processes", 2, "--mixed_precision", "no", *args)
 
 
 @pytest.mark.slow  # three launches of two processes

@@ -21,8 +21,17 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-__all__ = ["OutputError", "OutputLock", "check_output", "check_output_dir", "read_jsonl", "run_job",
+__all__ = ["OutputError", "OutputLock", "check_output", "check_output_dir", "job_state", "read_jsonl", "run_job",
            "shard_paths", "split_by_weight"]
+
+
+def job_state():
+    """accelerate's `PartialState` of this process: the processes `accelerate launch` started, over gloo on CPU
+    when the machine has no accelerator (as `TrainingArguments(use_cpu=True)` does), else one process."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.accelerator.is_available())
 
 
 class OutputError(ValueError):
@@ -237,16 +246,16 @@ def run_job(keys: Sequence[str], paths: Sequence[str], produce: Callable[[list[i
     it holds the outputs' locks, before any row is written (e.g. to record the job's settings). A tqdm bar with rate and ETA on the main
     process follows its share (`progress=False`: none). Returns the rows of each output, on every process.
     """
-    from accelerate import PartialState
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
-    state = PartialState()
+    state = job_state()
     for path in paths:  # the lock is taken below, by the main process, while the others may still be here
         check_output(path, resume=resume, overwrite=overwrite, name="output", locked=False)
     order = {str(name): index for index, name in enumerate(keys)}
     if len(order) != len(keys):
         raise ValueError("the inputs of a job must be named uniquely: some names appear twice")
+    state.wait_for_everyone()  # every process has checked the outputs (in the command too) before any is locked
     locks = [OutputLock(path).acquire() for path in paths] if state.is_main_process else []
     try:
         if state.is_main_process:

@@ -14,7 +14,7 @@ import datasets
 import torch
 
 from ..modeling.media import AudioInputError, load_image, media_duration, prepare_audio
-from .jobs import run_job, shard_paths
+from .jobs import job_state, run_job, shard_paths
 
 __all__ = ["PSEUDO_CAPTIONS_FILE", "SKIPPED_FILE", "attach_captions", "generate_pseudo_captions"]
 
@@ -39,7 +39,6 @@ def generate_pseudo_captions(model, processor, dataset, output_dir: str, batch_s
     written to `generation_settings.json`. `prompt_preset` (default: the processor's) chooses the system text, see
     `LlavaAudioProcessor.caption_prompt`. `progress`: a progress bar on the main process.
     """
-    from accelerate import PartialState
 
     os.makedirs(output_dir, exist_ok=True)
     settings = {"max_new_tokens": 128, "do_sample": False} | generate_kwargs
@@ -73,7 +72,7 @@ def generate_pseudo_captions(model, processor, dataset, output_dir: str, batch_s
                           progress=progress, description="pseudo-captioning", unit="clip")
     result = datasets.Dataset.from_list(captions, features=datasets.Features({"id": datasets.Value("string"),
                                                                                "caption": datasets.Value("string")}))
-    state = PartialState()
+    state = job_state()
     if state.is_main_process:
         result.save_to_disk(os.path.join(output_dir, "dataset"))
     state.wait_for_everyone()
