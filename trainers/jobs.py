@@ -76,7 +76,7 @@ def check_output_dir(folder: str, files: Sequence[str], resume: bool = False, ov
     parent = os.path.dirname(os.path.abspath(folder))
     if not os.path.isdir(parent):
         raise OutputError(f"{name} {folder}: the folder {parent} does not exist: create it, or write elsewhere")
-    for file in files:
+    for file in files if os.path.isdir(folder) else []:
         check_output(os.path.join(folder, file), resume=resume, overwrite=overwrite, name=name)
 
 
