@@ -2,13 +2,14 @@
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .modeling.media import MEDIA_EXTENSIONS, AudioInputError
+from .modeling.media import MEDIA_EXTENSIONS
 
-__all__ = ["caption_files", "find_media"]
+__all__ = ["caption_files", "caption_rows", "find_media"]
 
 
 def find_media(paths: list[str], extensions: tuple[str, ...] = MEDIA_EXTENSIONS) -> list[str]:
@@ -23,44 +24,40 @@ def find_media(paths: list[str], extensions: tuple[str, ...] = MEDIA_EXTENSIONS)
     return found
 
 
+def caption_rows(captioner, inputs, batch_size: int = 1, **call_kwargs) -> Iterator[dict]:
+    """One JSON-ready row per input of `inputs`, in input order, as the inputs are captioned: {"caption"} (with
+    "silent": true for silence), {"chunks": [{"caption", "timestamp": [start, end]}, ...]} for audio longer than the
+    encoder's window, or {"error": "<type>: <why>"}; a clip that decoded only in part also has "partial":
+    {"decoded_s", "duration_s"}. `inputs` is anything the pipeline takes as several inputs (a list, a dataset, a
+    generator), read lazily; `call_kwargs` are the pipeline's call arguments. One input's failure never stops the
+    others (the pipeline's `on_error="return"`); errors of the model itself are raised."""
+    stream = (item for item in inputs)  # a generator: the pipeline streams it
+    for result in captioner(stream, batch_size=batch_size, on_error="return", **call_kwargs):
+        yield _row(result[0])
+
+
 def caption_files(captioner, files: list, output: str, batch_size: int = 1, progress: bool = True,
                   names: list[str] | None = None, **call_kwargs) -> dict:
-    """Caption `files` (paths, or any pipeline input) in batches, writing one json line per input to `output`:
-    {"file", "caption"} (with "silent": true for silence), {"file", "chunks": [{"caption", "timestamp"}, ...]} for
-    audio longer than the encoder's window (one caption per window), or {"file", "error"}; "file" is the path, or
-    `names[i]` when given. Returns {"captioned": n, "failed": [...]}."""
+    """Caption `files` (paths, or any pipeline input) in batches, writing one json line per input to `output` (see
+    `caption_rows`) with its "file": the path, or `names[i]` when given. Returns {"captioned": n, "failed": [...]}."""
     names = [str(f) for f in files] if names is None else list(names)
     failed, captioned = [], 0
     with open(output, "w", encoding="utf-8") as handle, tqdm(total=len(files), disable=not progress,
                                                              desc="captioning", unit="file") as bar:
-        for start in range(0, len(files), batch_size):
-            group = list(range(start, min(start + batch_size, len(files))))
-            try:
-                outputs = captioner([files[i] for i in group], batch_size=batch_size, **call_kwargs)
-            except (AudioInputError, OSError, RuntimeError, ValueError):  # find which input: one at a time
-                outputs = [_caption_or_error(captioner, files[i], call_kwargs) for i in group]
-            for index, result in zip(group, outputs, strict=True):
-                if isinstance(result, Exception):
-                    row = {"file": names[index], "error": f"{type(result).__name__}: {result}"}
-                    failed.append(row)
-                else:
-                    row = {"file": names[index], **_row(result[0])}
-                    captioned += 1
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-                handle.flush()
-            bar.update(len(group))
+        for name, result in zip(names, caption_rows(captioner, files, batch_size, **call_kwargs), strict=True):
+            row = {"file": name, **result}
+            if "error" in row:
+                failed.append(row)
+            else:
+                captioned += 1
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.flush()
+            bar.update(1)
     return {"captioned": captioned, "failed": failed}
 
 
 def _row(result: dict) -> dict:
     """A pipeline result as json: timestamps as lists."""
     if "chunks" in result:
-        return {"chunks": [{**chunk, "timestamp": list(chunk["timestamp"])} for chunk in result["chunks"]]}
+        return {**result, "chunks": [{**chunk, "timestamp": list(chunk["timestamp"])} for chunk in result["chunks"]]}
     return dict(result)
-
-
-def _caption_or_error(captioner, item, call_kwargs):
-    try:
-        return captioner(item, **call_kwargs)
-    except (AudioInputError, OSError, RuntimeError, ValueError) as error:
-        return error
