@@ -57,7 +57,8 @@ from .media import AudioSource, TruncatedAudioError, frame_seconds, is_video, lo
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["AudioCaptioningPipeline", "CaptionRequest", "LONG_AUDIO_POLICIES", "PRESETS", "SILENCE_CAPTION"]
+__all__ = ["AudioCaptioningPipeline", "CaptionRequest", "LONG_AUDIO_POLICIES", "ON_ERROR", "PRESETS", "SILENCE_CAPTION",
+           "caption_windows", "captioning_engine"]
 
 PRESETS = {
     "greedy": {"do_sample": False, "num_beams": 1, "max_new_tokens": 64},
@@ -298,6 +299,13 @@ class AudioCaptioningPipeline(ChunkPipeline):
             else:
                 batch[key] = torch.cat(values)
         return batch
+
+
+def captioning_engine(model, processor) -> AudioCaptioningPipeline:
+    """The pipeline around a model and processor in memory (while training, in the demo), left where the model is:
+    its device, or its accelerate device map."""
+    on_map = getattr(model, "hf_device_map", None) is not None
+    return AudioCaptioningPipeline(model=model, processor=processor, device=None if on_map else model.device)
 
 
 def caption_windows(source: AudioSource, length: float, stride: float = 0.0) -> list[tuple[float, float]]:

@@ -10,9 +10,8 @@ import json
 import os
 
 import datasets
-import torch
 
-from ..modeling.media import AudioInputError, load_image, prepare_audio
+from ..modeling.pipeline_audio_captioning import CaptionRequest, captioning_engine
 
 __all__ = ["PSEUDO_CAPTIONS_FILE", "SKIPPED_FILE", "attach_captions", "generate_pseudo_captions"]
 
@@ -21,7 +20,6 @@ SKIPPED_FILE = "skipped.jsonl"
 SETTINGS_FILE = "generation_settings.json"
 
 
-@torch.no_grad()
 def generate_pseudo_captions(model, processor, dataset, output_dir: str, batch_size: int = 8,
                              prompt: str | None = None, prompt_preset: str | None = None,
                              **generate_kwargs) -> datasets.Dataset:
@@ -53,31 +51,35 @@ def generate_pseudo_captions(model, processor, dataset, output_dir: str, batch_s
     done |= {row["id"] for row in _read_jsonl(skipped_path, repair=True)}
 
     model.eval()
-    rate = processor.feature_extractor.sampling_rate
-    pending = [i for i, item_id in enumerate(dataset["id"]) if str(item_id) not in done]
-    for start in range(0, len(pending), batch_size):
-        rows, skipped = [], []
-        for index in pending[start:start + batch_size]:
-            example = dataset[index]
-            try:
-                rows.append((str(example["id"]), prepare_audio(example["audio"], rate),
-                             load_image(example["image"])))
-            except (AudioInputError, ValueError) as error:
-                skipped.append({"id": str(example["id"]), "reason": str(error)})
-        if rows:
-            ids, clips, images = zip(*rows, strict=True)
-            inputs = processor(text=[text] * len(ids), images=list(images), audio=list(clips), sampling_rate=rate,
-                               return_tensors="pt").to(model.device)
-            generated = model.generate(**inputs, **settings)[:, inputs["input_ids"].shape[1]:]
-            captions = processor.batch_decode(generated, skip_special_tokens=True)
-            _append_jsonl(captions_path, [{"id": i, "caption": c.strip()} for i, c in zip(ids, captions, strict=True)])
-        _append_jsonl(skipped_path, skipped)
+    ids = [str(item_id) for item_id in dataset["id"]]
+    pending = [i for i, item_id in enumerate(ids) if item_id not in done]
+    requests = (_request(dataset[index], ids[index]) for index in pending)
+    # image + audio + prefix, the clip's first window, no silence check: the captioner's own caption of every pair
+    captioner = captioning_engine(model, processor)
+    results = captioner(requests, mode="audiovisual", prompt=prompt, prompt_preset=prompt_preset, batch_size=batch_size,
+                        long_audio="first_window", silence_threshold_db=None, on_error="return",
+                        generate_kwargs=settings)
+    captions, skipped = [], []
+    for count, (index, (result,)) in enumerate(zip(pending, results, strict=True), start=1):
+        item_id = ids[index]
+        if "error" in result:
+            skipped.append({"id": item_id, "reason": result["error"]})
+        else:
+            captions.append({"id": item_id, "caption": result["caption"]})
+        if count % batch_size == 0 or count == len(pending):  # each finished batch, as it is generated
+            _append_jsonl(captions_path, captions)
+            _append_jsonl(skipped_path, skipped)
+            captions, skipped = [], []
 
     result = datasets.Dataset.from_list(list(_read_jsonl(captions_path)),
                                         features=datasets.Features({"id": datasets.Value("string"),
                                                                     "caption": datasets.Value("string")}))
     result.save_to_disk(os.path.join(output_dir, "dataset"))
     return result
+
+
+def _request(example: dict, item_id: str) -> CaptionRequest:
+    return CaptionRequest(audio=example["audio"], image=example["image"], name=f"clip {item_id}")
 
 
 def attach_captions(pairs: datasets.Dataset, captions: datasets.Dataset) -> datasets.Dataset:
