@@ -6,10 +6,10 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .modeling.media import MEDIA_EXTENSIONS, AudioInputError, media_duration
+from .modeling.media import MEDIA_EXTENSIONS, media_duration
 from .trainers.jobs import read_jsonl, run_job, shard_paths
 
-__all__ = ["caption_each", "caption_files", "find_media", "scan_media"]
+__all__ = ["caption_files", "caption_rows", "find_media", "scan_media"]
 
 
 def scan_media(paths: Sequence[str], extensions: tuple[str, ...] = MEDIA_EXTENSIONS) -> tuple[list[str], Counter]:
@@ -36,24 +36,16 @@ def find_media(paths: Sequence[str], extensions: tuple[str, ...] = MEDIA_EXTENSI
     return scan_media(paths, extensions)[0]
 
 
-CAPTION_ERRORS = (AudioInputError, OSError, RuntimeError, ValueError)
-
-
-def caption_each(captioner, items: Sequence, batch_size: int = 1, **call_kwargs) -> Iterator[dict]:
-    """One result per item of `items`, in order: the pipeline's result (`{"caption"}`, `{"chunks"}`, with
-    `"partial"` for a file that decoded only in part) or `{"error": "Type: message"}` for an item that failed,
-    the other items of its batch captioned as usual."""
-    for start in range(0, len(items), batch_size):
-        group = list(items[start:start + batch_size])
-        try:
-            outputs = captioner(group, batch_size=batch_size, **call_kwargs)
-        except CAPTION_ERRORS:  # find which input: one at a time
-            outputs = [_caption_or_error(captioner, item, call_kwargs) for item in group]
-        for result in outputs:
-            if isinstance(result, Exception):
-                yield {"error": f"{type(result).__name__}: {result}"}
-            else:
-                yield _row(result[0] if isinstance(result, list) else result)
+def caption_rows(captioner, inputs, batch_size: int = 1, **call_kwargs) -> Iterator[dict]:
+    """One JSON-ready row per input of `inputs`, in input order, as the inputs are captioned: {"caption"} (with
+    "silent": true for silence), {"chunks": [{"caption", "timestamp": [start, end]}, ...]} for audio longer than the
+    encoder's window, or {"error": "<type>: <why>"}; a clip that decoded only in part also has "partial":
+    {"decoded_s", "duration_s"}. `inputs` is anything the pipeline takes as several inputs (a list, a dataset, a
+    generator), read lazily; `call_kwargs` are the pipeline's call arguments. One input's failure never stops the
+    others (the pipeline's `on_error="return"`); errors of the model itself are raised."""
+    stream = (item for item in inputs)  # a generator: the pipeline streams it
+    for result in captioner(stream, batch_size=batch_size, on_error="return", **call_kwargs):
+        yield _row(result[0])
 
 
 def caption_files(captioner, files: Sequence, output: str, batch_size: int = 1, progress: bool = True,
@@ -72,7 +64,7 @@ def caption_files(captioner, files: Sequence, output: str, batch_size: int = 1, 
     already = sum(len(read_jsonl(path)) for path in [output, *shard_paths(output)]) if resume else 0
 
     def produce(indices):
-        results = caption_each(captioner, [files[i] for i in indices], batch_size=batch_size, **call_kwargs)
+        results = caption_rows(captioner, (files[i] for i in indices), batch_size=batch_size, **call_kwargs)
         for index, result in zip(indices, results, strict=True):
             yield index, {"file": names[index], **result}
 
@@ -90,10 +82,3 @@ def _row(result: dict) -> dict:
     if "chunks" in row:
         row["chunks"] = [{**chunk, "timestamp": list(chunk["timestamp"])} for chunk in row["chunks"]]
     return row
-
-
-def _caption_or_error(captioner, item, call_kwargs):
-    try:
-        return captioner(item, **call_kwargs)
-    except CAPTION_ERRORS as error:
-        return error

@@ -156,7 +156,7 @@ def evaluate_captioner(model, data: datasets.Dataset, output_dir: str, mode: str
     from huggingface_hub.repocard_data import eval_results_to_model_index
     from transformers import pipeline
 
-    from .captioning import caption_each
+    from .captioning import caption_rows
     from .metrics import score
     from .modeling.media import media_duration
     from .trainers.jobs import check_output_dir, job_state, run_job
@@ -178,12 +178,9 @@ def evaluate_captioner(model, data: datasets.Dataset, output_dir: str, mode: str
                 long_audio="first_window" if long_clips == "first_window" else "chunks")
 
     def produce(indices):
-        for start in range(0, len(indices), batch_size):
-            batch = data.select(indices[start:start + batch_size])
-            results = caption_each(captioner, list(batch["audio"]), batch_size=batch_size, **call)
-            for index, references, result in zip(indices[start:start + batch_size], batch["references"], results,
-                                                  strict=True):
-                yield index, {"id": ids[index], **_one_caption(result), "references": references}
+        results = caption_rows(captioner, (data[i]["audio"] for i in indices), batch_size=batch_size, **call)
+        for index, result in zip(indices, results, strict=True):
+            yield index, {"id": ids[index], **_one_caption(result), "references": data[index]["references"]}
 
     audio_feature = data.features.get("audio")
     paths = isinstance(audio_feature, datasets.Value) and audio_feature.dtype == "string"

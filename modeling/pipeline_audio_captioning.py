@@ -9,13 +9,36 @@
                                                         #               ...]}]
     captioner("hour.flac", long_audio="first_window")   # [{"caption": ...}] of the first 10.24 s only
     captioner(array, sampling_rate=16000, max_new_tokens=20, num_beams=3)  # generation arguments, directly
+    for result in captioner(KeyDataset(dataset, "audio"), batch_size=16):  # streamed, in input order
+        ...
+    captioner(files, batch_size=8, on_error="return")   # a bad file gives [{"error": "..."}], the rest are captioned
 
 Decoding is greedy by default (reproducible); `preset="paper"` samples like the reference code (temperature 0.2,
 one beam, 64 new tokens). Long audio (longer than the audio encoder's window) is read window by window, so memory
 stays bounded whatever the length, and gives one caption per window with its timestamp, in the shape of the `chunks`
 of transformers' speech-recognition pipeline (`caption` in place of `text`); no joined caption is made up from them.
-Silent audio (no sample above `silence_threshold_db`, -60 dBFS by default) is not described: its caption is
-"silence" and its result carries `"silent": True`.
+No caption covers less than half a window: a last window shorter than that ends at the end of the audio and is a full
+window long, overlapping the one before. Silent audio (no sample above `silence_threshold_db`, -60 dBFS by default)
+is not described: its caption is "silence" and its result carries `"silent": True`.
+
+The pipeline is the package's one captioning engine (the `caption`, `pseudo-caption` and `evaluate` commands and
+the demo go through it). Its contract:
+
+- Inputs: one input (a path, bytes, an array or tensor with `sampling_rate=`, an `{"array", "sampling_rate"}`
+  dict, a torchcodec decoder, a PIL image in image mode, a row `{"audio": ..., "image": ...}`) gives its result;
+  a list or tuple gives the list of results; a `datasets.Dataset` (its rows, read by their `audio` and `image`
+  columns), a torch `Dataset` such as `KeyDataset(dataset, "audio")`, a generator or any other iterable is
+  consumed lazily and gives an iterator of results, as transformers' pipelines do. Results always come in input
+  order, whatever `batch_size` (windows of long audio are batched together with the other inputs' windows).
+- Results: each input's result is a list of one dict, `{"caption"}` (with `"silent": True` for silence),
+  `{"chunks": [{"caption", "timestamp"}, ...]}` for audio longer than the window, or `{"error": "<type>: <why>"}`.
+  A file that decoded only in part (truncated or corrupt after some point) is captioned from what decoded, and its
+  dict carries `"partial": {"decoded_s": ..., "duration_s": ...}` (seconds decoded, seconds its header announces).
+- Errors: `on_error="raise"` (default) raises the first input's error, which names the input; `on_error="return"`
+  makes a failed input's result `[{"error": ...}]` and captions every other input as usual (a batch never fails as a
+  whole for one input). Errors of the model itself are raised either way.
+- Batching: inputs are prepared one by one (decoded, resampled, featurized, `num_workers=1` decodes ahead in a
+  worker process), their prompts left-padded into batches of `batch_size`, generated together and decoded.
 """
 
 import math
@@ -34,7 +57,8 @@ from .media import AudioSource, TruncatedAudioError, frame_seconds, is_video, lo
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["AudioCaptioningPipeline", "CaptionRequest", "LONG_AUDIO_POLICIES", "PRESETS", "SILENCE_CAPTION"]
+__all__ = ["AudioCaptioningPipeline", "CaptionRequest", "LONG_AUDIO_POLICIES", "ON_ERROR", "PRESETS", "SILENCE_CAPTION",
+           "caption_windows", "captioning_engine"]
 
 PRESETS = {
     "greedy": {"do_sample": False, "num_beams": 1, "max_new_tokens": 64},
@@ -60,19 +84,29 @@ class CaptionRequest:
     name: str | None = None
 
 
+ON_ERROR = ("raise", "return")
+# a window that decodes this much shorter than asked is where the file stops decoding (mp3 and other frame-based
+# codecs can end a few ms before their announced length; more than this is a truncated or corrupt file)
+PARTIAL_TOLERANCE_S = 0.05
+# the keys of a prepared window that are not model inputs: they travel beside the tensors to `postprocess`
+_WINDOW_KEYS = ("is_last", "timestamp", "silent", "partial", "error")
+
+
 class AudioCaptioningPipeline(ChunkPipeline):
     """Audio (and audiovisual, and image) captioning with [`LlavaAudioForConditionalGeneration`].
 
     Call arguments: `mode` ("audio", "audiovisual", "image"), `images` (one per input; for audiovisual mode with a
     video file, a frame of the video is used when no image is given: `frame` = "middle" (default), "first", or
     seconds), `sampling_rate` (for raw samples), `prompt`, `prompt_preset`
-    (system texts, default: the processor's; see `LlavaAudioProcessor.caption_prompt`), `chunk_length_s` (default: the audio encoder's input
-    length) and `stride_length_s` (overlap of consecutive windows) for long audio, `long_audio` ("chunks": one
-    caption per window, `[{"chunks": [{"caption", "timestamp"}, ...]}]`; "first_window": `[{"caption"}]` of the
-    first window only), `silence_threshold_db` (peak level in dBFS at or below which a window is "silence", default
-    -60; None turns the check off), `preset` ("greedy" or "paper"), `max_new_tokens` and any other argument of
-    `generate()` (`num_beams=3`, `do_sample=True`, ..., or a `generate_kwargs` dict), and the pipeline's own
-    `batch_size`. Unknown arguments are an error.
+    (system texts, default: the processor's; see `LlavaAudioProcessor.caption_prompt`), `prefix` (whether the
+    learned prefix follows the audio / image tokens; default: in audiovisual mode only, as DALI's pseudo-captions
+    are made), `chunk_length_s` (default: the audio encoder's input length) and `stride_length_s` (overlap of
+    consecutive windows) for long audio, `long_audio` ("chunks": one caption per window, `[{"chunks": [{"caption",
+    "timestamp"}, ...]}]`; "first_window": `[{"caption"}]` of the first window only), `silence_threshold_db` (peak
+    level in dBFS at or below which a window is "silence", default -60; None turns the check off), `on_error`
+    ("raise" or "return", see the module docstring), `preset` ("greedy" or "paper"), `max_new_tokens` and any
+    other argument of `generate()` (`num_beams=3`, `do_sample=True`, ..., or a `generate_kwargs` dict), and the
+    pipeline's own `batch_size` and `num_workers`. Unknown arguments are an error.
     """
 
     _load_processor = True
@@ -86,34 +120,32 @@ class AudioCaptioningPipeline(ChunkPipeline):
             raise ValueError("AudioCaptioningPipeline needs the model's LlavaAudioProcessor: pass processor=...")
 
     def __call__(self, inputs=None, images=None, **kwargs):
-        mode = kwargs.get("mode", "audio")
-        single = not isinstance(inputs, (list, tuple))
-        if mode == "image" and inputs is None:
-            inputs, images, single = images, None, not isinstance(images, (list, tuple))
-        items = [inputs] if single else list(inputs)
-        if images is not None:
-            image_list = [images] if not isinstance(images, (list, tuple)) else list(images)
-            if len(image_list) != len(items):
-                raise ValueError(f"got {len(image_list)} images for {len(items)} inputs: pass one image per input")
-        else:
-            image_list = [None] * len(items)
-        names = [None if single else _input_name(item, index, len(items)) for index, item in enumerate(items)]
-        if mode == "image":
-            requests = [CaptionRequest(image=item if image is None else image, name=name) for item, image, name in
-                        zip(items, image_list, names, strict=True)]
-        else:
-            requests = [CaptionRequest(audio=item, image=image, name=name) for item, image, name in
-                        zip(items, image_list, names, strict=True)]
-        outputs = super().__call__(requests, **kwargs)
-        return outputs[0] if single else outputs
+        image_mode = kwargs.get("mode", "audio") == "image"
+        if image_mode and inputs is None:
+            inputs, images = images, None
+        if not _is_collection(inputs):
+            (image,) = _image_list(images, 1)
+            (result,) = super().__call__([_request(inputs, image, None, image_mode)], **kwargs)
+            return result
+        if isinstance(inputs, (list, tuple)):
+            items = list(inputs)
+            image_list = _image_list(images, len(items))
+            requests = [_request(item, image, _input_name(item, index, len(items)), image_mode)
+                        for index, (item, image) in enumerate(zip(items, image_list, strict=True))]
+            return super().__call__(requests, **kwargs)
+        # datasets, generators and other iterables: read one input at a time, results as an iterator
+        count = len(inputs) if hasattr(inputs, "__len__") else None
+        image_iterable = _image_list(images, count) if images is not None and count is not None else images
+        return super().__call__(_lazy_requests(inputs, image_iterable, image_mode), **kwargs)
 
-    def _sanitize_parameters(self, mode=None, frame=None, prompt=None, prompt_preset=None, sampling_rate=None,
-                             chunk_length_s=None, stride_length_s=None, long_audio=None,
-                             silence_threshold_db=_NOT_GIVEN, preset=None, max_new_tokens=None, generate_kwargs=None,
-                             **kwargs):
+    def _sanitize_parameters(self, mode=None, frame=None, prompt=None, prompt_preset=None, prefix=None,
+                             sampling_rate=None, chunk_length_s=None, stride_length_s=None, long_audio=None,
+                             silence_threshold_db=_NOT_GIVEN, on_error=None, preset=None, max_new_tokens=None,
+                             generate_kwargs=None, **kwargs):
         preprocess = {k: v for k, v in dict(mode=mode, frame=frame, prompt=prompt, prompt_preset=prompt_preset,
-                                             sampling_rate=sampling_rate, chunk_length_s=chunk_length_s,
-                                             stride_length_s=stride_length_s, long_audio=long_audio).items()
+                                             prefix=prefix, sampling_rate=sampling_rate,
+                                             chunk_length_s=chunk_length_s, stride_length_s=stride_length_s,
+                                             long_audio=long_audio, on_error=on_error).items()
                       if v is not None}
         if silence_threshold_db is not _NOT_GIVEN:  # None is a value: no silence check
             preprocess["silence_threshold_db"] = silence_threshold_db
@@ -123,6 +155,8 @@ class AudioCaptioningPipeline(ChunkPipeline):
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if long_audio is not None and long_audio not in LONG_AUDIO_POLICIES:
             raise ValueError(f"long_audio must be one of {LONG_AUDIO_POLICIES}, got {long_audio!r}")
+        if on_error is not None and on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
         forward = dict(PRESETS[preset or "greedy"])
@@ -138,15 +172,26 @@ class AudioCaptioningPipeline(ChunkPipeline):
 
     # ---- preprocess: one request -> one model input per audio window ------------------------------------------
 
-    def preprocess(self, request: CaptionRequest, mode="audio", frame="middle", prompt=None, prompt_preset=None,
-                   sampling_rate=None, chunk_length_s=None, stride_length_s=0.0, long_audio="chunks",
-                   silence_threshold_db=DEFAULT_SILENCE_THRESHOLD_DB):
+    def preprocess(self, request: CaptionRequest, on_error="raise", **options):
+        """The model inputs of each window of `request` (one for an image or short audio); with `on_error="return"`,
+        an input that cannot be prepared ends with an item holding its error instead of raising."""
+        try:
+            yield from self._prepare(request, **options)
+        except Exception as error:
+            if on_error == "raise":
+                raise
+            yield {"error": f"{type(error).__name__}: {error}", "is_last": True, "timestamp": None, "silent": False,
+                   "partial": None}
+
+    def _prepare(self, request: CaptionRequest, mode="audio", frame="middle", prompt=None, prompt_preset=None,
+                 prefix=None, sampling_rate=None, chunk_length_s=None, stride_length_s=0.0, long_audio="chunks",
+                 silence_threshold_db=DEFAULT_SILENCE_THRESHOLD_DB):
         processor = self.processor
         if mode == "image":
             image = load_image(request.image, name=request.name or "image", frame=frame)
-            text = processor.caption_prompt(image=True, prompt=prompt, prompt_preset=prompt_preset)
+            text = processor.caption_prompt(image=True, prefix=bool(prefix), prompt=prompt, prompt_preset=prompt_preset)
             inputs = processor(text=text, images=image, return_tensors="pt")
-            yield {**inputs, "is_last": True, "timestamp": None, "silent": False}
+            yield {**inputs, "is_last": True, "timestamp": None, "silent": False, "partial": None, "error": None}
             return
 
         source = AudioSource(request.audio, sampling_rate=sampling_rate, name=request.name)
@@ -159,7 +204,8 @@ class AudioCaptioningPipeline(ChunkPipeline):
                 )
             image = load_image(request.image if request.image is not None else request.audio,
                                name=request.name or "image", frame=frame)
-        text = processor.caption_prompt(image=image is not None, audio=True, prefix=image is not None, prompt=prompt,
+        text = processor.caption_prompt(image=image is not None, audio=True,
+                                        prefix=image is not None if prefix is None else prefix, prompt=prompt,
                                         prompt_preset=prompt_preset)
         target_rate = processor.feature_extractor.sampling_rate
         channel_policy = getattr(processor.feature_extractor, "channel_policy", "mean")
@@ -173,27 +219,37 @@ class AudioCaptioningPipeline(ChunkPipeline):
         elif long_audio == "first_window":
             windows = [(0.0, length)]
         else:
-            windows = source.windows(length, stride_length_s)
+            windows = caption_windows(source, length, stride_length_s)
         chunked = len(windows) > 1
-        for (start, end), native, is_last in _read_windows(source, windows):
+        for (start, end), native, is_last, partial in _read_windows(source, windows):
             mono = to_mono_rate(native, source.sampling_rate, target_rate, channel_policy)
             samples = _pad_to_one_frame(mono, target_rate)
             inputs = processor(text=text, audio=samples, images=image, sampling_rate=target_rate,
                                return_tensors="pt")
             yield {**inputs, "is_last": is_last,
                    "timestamp": (round(start, 3), round(end, 3)) if chunked else None,
-                   "silent": _is_silent(native, silence_threshold_db)}
+                   "silent": _is_silent(native, silence_threshold_db), "partial": partial, "error": None}
 
     # ---- forward and postprocess --------------------------------------------------------------------------------
 
     def _forward(self, model_inputs, **generate_kwargs):
-        is_last, timestamp = model_inputs.pop("is_last"), model_inputs.pop("timestamp")
-        silent = model_inputs.pop("silent")
-        prompt_length = model_inputs["input_ids"].shape[1]
-        generated = self.model.generate(**model_inputs, **generate_kwargs)
-        return {"tokens": generated[:, prompt_length:], "is_last": is_last, "timestamp": timestamp, "silent": silent}
+        single = not isinstance(model_inputs["is_last"], list)  # batch_size=1 gives the window itself
+        batch = self._collate([model_inputs]) if single else model_inputs
+        rows = [i for i, error in enumerate(batch["error"]) if error is None]
+        tokens = [None] * len(batch["error"])
+        if rows:
+            inputs = batch["model_inputs"]
+            prompt_length = inputs["input_ids"].shape[1]
+            generated = self.model.generate(**inputs, **generate_kwargs)[:, prompt_length:]
+            for row, generated_row in zip(rows, generated, strict=True):
+                tokens[row] = generated_row
+        outputs = {"tokens": tokens, **{key: batch[key] for key in _WINDOW_KEYS}}
+        return {key: value[0] for key, value in outputs.items()} if single else outputs
 
     def postprocess(self, model_outputs):
+        errors = [output["error"] for output in model_outputs if output.get("error")]
+        if errors:
+            return [{"error": errors[0]}]
         captions = []
         for output in model_outputs:
             tokens = output["tokens"]
@@ -205,9 +261,11 @@ class AudioCaptioningPipeline(ChunkPipeline):
             if output["timestamp"] is not None:
                 caption["timestamp"] = tuple(output["timestamp"])
             captions.append(caption)
-        if captions and "timestamp" in captions[0]:
-            return [{"chunks": captions}]
-        return captions
+        partial = model_outputs[-1].get("partial")
+        result = {"chunks": captions} if "timestamp" in captions[0] else captions[0]
+        if partial:
+            result["partial"] = dict(partial)
+        return [result]
 
     # ---- batching: left-padded prompts, whatever the keys ----------------------------------------------------
 
@@ -220,6 +278,15 @@ class AudioCaptioningPipeline(ChunkPipeline):
         return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
 
     def _collate(self, items: list[dict]) -> dict:
+        """Windows as one batch: `model_inputs` holds the tensors of the windows that were prepared (prompts padded
+        on the left), every other key a list with one entry per window (`error` set where preparing failed)."""
+        batch = {key: [item[key] for item in items] for key in _WINDOW_KEYS}
+        prepared = [{k: v for k, v in item.items() if k not in _WINDOW_KEYS} for item in items
+                    if item["error"] is None]
+        batch["model_inputs"] = self._pad(prepared) if prepared else {}
+        return batch
+
+    def _pad(self, items: list[dict]) -> dict:
         pad_id = self.processor.tokenizer.pad_token_id
         length = max(item["input_ids"].shape[1] for item in items)
         batch = {}
@@ -229,11 +296,81 @@ class AudioCaptioningPipeline(ChunkPipeline):
                 fill = pad_id if key == "input_ids" else 0
                 batch[key] = torch.cat([torch.nn.functional.pad(v, (length - v.shape[1], 0), value=fill)
                                         for v in values])
-            elif isinstance(values[0], torch.Tensor):
-                batch[key] = torch.cat(values)
             else:
-                batch[key] = values
+                batch[key] = torch.cat(values)
         return batch
+
+
+def captioning_engine(model, processor) -> AudioCaptioningPipeline:
+    """The pipeline around a model and processor in memory (while training, in the demo), left where the model is:
+    its device, or its accelerate device map."""
+    on_map = getattr(model, "hf_device_map", None) is not None
+    return AudioCaptioningPipeline(model=model, processor=processor, device=None if on_map else model.device)
+
+
+def caption_windows(source: AudioSource, length: float, stride: float = 0.0) -> list[tuple[float, float]]:
+    """(start, end) seconds of the windows that long audio is captioned in: `length` long, each overlapping the
+    previous one by `stride`; a last window shorter than half of `length` is moved back to end at the end of the
+    audio, a full window long (overlapping the one before more), so that no caption describes a sliver of audio."""
+    windows = source.windows(length, stride)
+    start, end = windows[-1]
+    if len(windows) > 1 and end - start < length / 2 - 1e-9:
+        windows[-1] = (max(0.0, source.duration - length), source.duration)
+    return windows
+
+
+def _is_collection(inputs) -> bool:
+    """Whether `inputs` holds several inputs (a list, a dataset, a generator, an iterable) rather than being one."""
+    if isinstance(inputs, (list, tuple)):
+        return True
+    if inputs is None or isinstance(inputs, (str, os.PathLike, bytes, bytearray, dict, np.ndarray, torch.Tensor,
+                                             CaptionRequest)):
+        return False
+    if type(inputs).__name__ == "AudioDecoder" or type(inputs).__module__.startswith("PIL."):
+        return False
+    return isinstance(inputs, torch.utils.data.Dataset) or hasattr(inputs, "__iter__")
+
+
+def _is_row(item) -> bool:
+    """A dataset row (`{"audio": ..., "image": ...}`), as opposed to an audio dict (`{"array", "sampling_rate"}`,
+    `{"bytes"}` or `{"path"}`)."""
+    return isinstance(item, dict) and ("audio" in item or "image" in item) and not ({"array", "raw"} & set(item))
+
+
+def _request(item, image, name, image_mode: bool) -> CaptionRequest:
+    if isinstance(item, CaptionRequest):
+        return item
+    if _is_row(item):
+        image = item.get("image") if image is None else image
+        item = item.get("image") if image_mode else item.get("audio")
+    if image_mode:
+        return CaptionRequest(image=item if image is None else image, name=name)
+    return CaptionRequest(audio=item, image=image, name=name)
+
+
+def _image_list(images, count: int) -> list:
+    if images is None:
+        return [None] * count
+    image_list = list(images) if _is_collection(images) else [images]
+    if len(image_list) != count:
+        raise ValueError(f"got {len(image_list)} images for {count} inputs: pass one image per input")
+    return image_list
+
+
+def _lazy_requests(inputs, images, image_mode: bool):
+    """Requests made one at a time from a dataset, generator or iterable (and its images, an iterable too)."""
+    if isinstance(inputs, torch.utils.data.Dataset) and hasattr(inputs, "__len__"):  # map-style: by index
+        items = (inputs[index] for index in range(len(inputs)))
+    else:
+        items = iter(inputs)
+    image_items = iter(images) if images is not None else None
+    for index, item in enumerate(items):
+        image = None
+        if image_items is not None:
+            image = next(image_items, _NOT_GIVEN)
+            if image is _NOT_GIVEN:
+                raise ValueError(f"the images ran out at input {index}: pass one image per input")
+        yield _request(item, image, _input_name(item, index, None), image_mode)
 
 
 def _generation_arguments(kwargs: dict) -> dict:
@@ -254,25 +391,52 @@ def _generation_arguments(kwargs: dict) -> dict:
 
 
 def _read_windows(source: AudioSource, windows: list):
-    """(window, samples, is_last) for each window, read one ahead: a file that turns out truncated ends with the
-    windows that decoded (a warning says where it failed), unless not even the first one did."""
-    current = (windows[0], source.read(*windows[0]))
+    """(window, samples, is_last, partial) for each window, read one ahead. A file that stops decoding (a read that
+    fails, or a window that comes back shorter than asked) ends with the window where it stopped, whose `partial`
+    is `{"decoded_s", "duration_s"}` (a warning says so too); `partial` is None everywhere else."""
+    current = _read(source, windows[0])
     for following in windows[1:]:
-        try:
-            upcoming = (following, source.read(*following))
-        except TruncatedAudioError as error:
-            logger.warning("%s; captioned the %.2f s that decoded", error, error.decoded_seconds)
+        if current[2] is not None:
             break
-        yield (*current, False)
+        try:
+            upcoming = _read(source, following)
+        except TruncatedAudioError as error:
+            current = (*current[:2], _partial(source, error.decoded_seconds))
+            break
+        yield (*current[:2], False, None)
         current = upcoming
-    yield (*current, True)
+    window, samples, partial = current
+    if partial is not None:
+        logger.warning("%s: decoded %.2f s of the %.2f s its header announces (truncated or corrupt after that "
+                       "point); captioned what decoded", source.name, partial["decoded_s"], partial["duration_s"])
+    yield window, samples, True, partial
 
 
-def _input_name(item, index: int, count: int) -> str:
-    """How an input of a list is named in errors: its path, else its position."""
+def _read(source: AudioSource, window: tuple[float, float]):
+    """(window, samples, partial): `partial` set, and the window's end moved to where decoding stopped, when the
+    window comes back shorter than asked by more than `PARTIAL_TOLERANCE_S`."""
+    start, end = window
+    samples = source.read(start, end)
+    decoded = samples.shape[1] / source.sampling_rate
+    if end - start - decoded > PARTIAL_TOLERANCE_S:
+        return (start, start + decoded), samples, _partial(source, start + decoded)
+    return window, samples, None
+
+
+def _partial(source: AudioSource, decoded_seconds: float) -> dict:
+    return {"decoded_s": round(decoded_seconds, 3), "duration_s": round(source.duration, 3)}
+
+
+def _input_name(item, index: int, count: int | None) -> str:
+    """How an input of a list or stream is named in errors: its path, else its position."""
+    if _is_row(item):
+        item = item.get("audio", item.get("image"))
     if isinstance(item, (str, os.PathLike)):
         return os.fspath(item)
-    return f"input {index} of {count} ({type(item).__name__})"
+    if isinstance(item, dict) and isinstance(item.get("path"), str):
+        return item["path"]
+    of = f" of {count}" if count is not None else ""
+    return f"input {index}{of} ({type(item).__name__})"
 
 
 def _pad_to_one_frame(samples, rate: int):

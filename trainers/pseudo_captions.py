@@ -11,9 +11,9 @@ import json
 import os
 
 import datasets
-import torch
 
-from ..modeling.media import AudioInputError, load_image, media_duration, prepare_audio
+from ..modeling.media import media_duration
+from ..modeling.pipeline_audio_captioning import CaptionRequest, captioning_engine
 from .jobs import job_state, run_job, shard_paths
 
 __all__ = ["PSEUDO_CAPTIONS_FILE", "SKIPPED_FILE", "attach_captions", "generate_pseudo_captions"]
@@ -23,7 +23,6 @@ SKIPPED_FILE = "skipped.jsonl"
 SETTINGS_FILE = "generation_settings.json"
 
 
-@torch.no_grad()
 def generate_pseudo_captions(model, processor, dataset, output_dir: str, batch_size: int = 8,
                              prompt: str | None = None, prompt_preset: str | None = None, resume: bool = True,
                              overwrite: bool = False, progress: bool = True, **generate_kwargs) -> datasets.Dataset:
@@ -56,14 +55,22 @@ def generate_pseudo_captions(model, processor, dataset, output_dir: str, batch_s
                              f"({previous}); resume with the same ones, or use a new folder")
 
     model.eval()
-    rate = processor.feature_extractor.sampling_rate
     ids = [str(item_id) for item_id in dataset["id"]]
     audio_feature = dataset.features.get("audio") if getattr(dataset, "features", None) else None
     paths = isinstance(audio_feature, datasets.Value) and audio_feature.dtype == "string"
+    captioner = captioning_engine(model, processor)
 
     def produce(indices):
-        for start in range(0, len(indices), batch_size):
-            yield from _caption_batch(model, processor, text, settings, rate, dataset, indices[start:start + batch_size])
+        requests = (_request(dataset[index], ids[index]) for index in indices)
+        # image + audio + prefix, the clip's first window, no silence check: the captioner's own caption of every pair
+        results = captioner(requests, mode="audiovisual", prompt=prompt, prompt_preset=prompt_preset,
+                            batch_size=batch_size, long_audio="first_window", silence_threshold_db=None,
+                            on_error="return", generate_kwargs=settings)
+        for index, (result,) in zip(indices, results, strict=True):
+            if "error" in result:
+                yield index, {"id": ids[index], "reason": result["error"]}
+            else:
+                yield index, {"id": ids[index], "caption": result["caption"]}
 
     captions, _ = run_job(ids, [captions_path, skipped_path], produce, key="id",
                           route=lambda row: 0 if "caption" in row else 1, resume=resume, overwrite=overwrite,
@@ -79,27 +86,8 @@ def generate_pseudo_captions(model, processor, dataset, output_dir: str, batch_s
     return result
 
 
-def _caption_batch(model, processor, text, settings, rate, dataset, indices):
-    """(index, row) of each of the `indices` of `dataset`, in order: {"id", "caption"}, or {"id", "reason"} for a
-    row whose audio or image cannot be read."""
-    rows, results, names = [], {}, {}
-    for index in indices:
-        example = dataset[index]
-        names[index] = str(example["id"])
-        try:
-            rows.append((index, prepare_audio(example["audio"], rate), load_image(example["image"])))
-        except (AudioInputError, ValueError) as error:
-            results[index] = {"id": names[index], "reason": str(error)}
-    if rows:
-        kept, clips, images = zip(*rows, strict=True)
-        inputs = processor(text=[text] * len(kept), images=list(images), audio=list(clips), sampling_rate=rate,
-                           return_tensors="pt").to(model.device)
-        generated = model.generate(**inputs, **settings)[:, inputs["input_ids"].shape[1]:]
-        captions = processor.batch_decode(generated, skip_special_tokens=True)
-        for index, caption in zip(kept, captions, strict=True):
-            results[index] = {"id": names[index], "caption": caption.strip()}
-    for index in indices:
-        yield index, results[index]
+def _request(example: dict, item_id: str) -> CaptionRequest:
+    return CaptionRequest(audio=example["audio"], image=example["image"], name=f"clip {item_id}")
 
 
 def attach_captions(pairs: datasets.Dataset, captions: datasets.Dataset) -> datasets.Dataset:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..metrics import score
+from ..modeling.pipeline_audio_captioning import captioning_engine
 from .world import AUDIBLE, ToyWorld, sources_named, vocabulary
 
 __all__ = ["ExperimentSize", "FULL", "SMALL", "run_experiment", "run_experiments", "source_scores"]
@@ -410,21 +411,16 @@ def _evaluator(processor, world: ToyWorld, scenes):
     examples = {}
 
     def evaluate(model, objective, mode, stage, use_audio=True, silence=False, prefix=True) -> dict:
-        captions = []
-        for start in range(0, len(scenes), 50):
-            part = slice(start, start + 50)
-            kwargs = {}
-            if use_audio:
-                audio = [np.zeros(16000, np.float32) for _ in clips[part]] if silence else clips[part]
-                kwargs.update(audio=audio, sampling_rate=16000)
-            if mode == "audiovisual":
-                kwargs["images"] = images[part]
-            prompt = processor.caption_prompt(image=mode == "audiovisual", audio=use_audio, prefix=prefix)
-            inputs = processor(text=[prompt] * len(clips[part]), return_tensors="pt", **kwargs)
-            with torch.no_grad():
-                generated = model.generate(**inputs, max_new_tokens=16, do_sample=False)
-            captions += processor.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        captions = [c.strip() for c in captions]
+        captioner = captioning_engine(model, processor)
+        # the model's own caption of every clip (no silence check), in batches of 50
+        settings = dict(batch_size=50, max_new_tokens=16, silence_threshold_db=None, prefix=prefix)
+        if use_audio:
+            audio = [np.zeros(16000, np.float32) for _ in clips] if silence else clips
+            results = captioner(audio, images=images if mode == "audiovisual" else None, mode=mode,
+                                sampling_rate=16000, **settings)
+        else:
+            results = captioner(images=images, mode="image", **settings)
+        captions = [result["caption"] for (result,) in results]
         row = {"objective": objective, "mode": mode, "stage": stage,
                **score([c or "silence" for c in captions], references), **source_scores(captions, truth)}
         examples[(objective, mode, stage)] = [{"caption": c, "references": r[:2], "heard": sorted(t)}
