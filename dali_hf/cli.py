@@ -250,11 +250,14 @@ def _run_pseudo_caption(args) -> None:
     state = job_state()
     sampling = dict(do_sample=True, temperature=0.2) if args.preset == "paper" else dict(do_sample=False)
     model = AutoModel.from_pretrained(args.model).to(state.device if state.num_processes > 1 else "cpu")
-    result = generate_pseudo_captions(model, AutoProcessor.from_pretrained(args.model),
-                                      datasets.load_from_disk(args.data), args.output_dir,
-                                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                                      prompt_preset=args.prompt_preset, resume=args.resume, overwrite=args.overwrite,
-                                      progress=not args.quiet, **sampling)
+    try:
+        result = generate_pseudo_captions(model, AutoProcessor.from_pretrained(args.model),
+                                          datasets.load_from_disk(args.data), args.output_dir,
+                                          batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                          prompt_preset=args.prompt_preset, resume=args.resume,
+                                          overwrite=args.overwrite, progress=not args.quiet, **sampling)
+    except KeyboardInterrupt:
+        _interrupted(os.path.join(args.output_dir, PSEUDO_CAPTIONS_FILE))
     if state.is_main_process:
         print(f"{len(result)} pseudo-captions in {args.output_dir}")
 
@@ -308,6 +311,12 @@ def _job_output_error(error) -> None:
     raise SystemExit(f"error: {error}") from None
 
 
+def _interrupted(output: str) -> None:
+    """Ctrl-C: what was kept and how to go on, not a traceback."""
+    raise SystemExit(f"interrupted: every line written so far is kept in {output} (or its .part-* shares); rerun "
+                     "the same command with --resume to do the rest") from None
+
+
 def _run_caption(args) -> None:
     from .captioning import caption_files, scan_media
     from .modeling.media import IMAGE_EXTENSIONS, MEDIA_EXTENSIONS
@@ -343,6 +352,8 @@ def _run_caption(args) -> None:
                                 silence_threshold_db=args.silence_threshold_db)
     except OutputError as error:
         _job_output_error(error)
+    except KeyboardInterrupt:
+        _interrupted(args.output)
     if state.is_main_process:
         resumed = f" ({summary['resumed']} of them already there)" if summary["resumed"] else ""
         print(f"{summary['captioned']} of {len(files)} files captioned{resumed} -> {args.output}"
@@ -432,6 +443,8 @@ def _run_evaluate(args) -> None:
                                     progress=not args.quiet)
     except OutputError as error:
         _job_output_error(error)
+    except KeyboardInterrupt:
+        _interrupted(os.path.join(args.output_dir, "captions.jsonl"))
     from .trainers.jobs import job_state
 
     if not job_state().is_main_process:

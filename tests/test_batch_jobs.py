@@ -182,10 +182,14 @@ def test_a_clip_decoded_in_part_is_captioned_and_marked(captioner, tmp_path):
 # ---- through the command: a second writer, a kill, and two processes ---------------------------------------------
 
 
+def _caption_command(whisper_folder, inputs, output, *extra):
+    return [DALI_HF, "caption", *map(str, inputs), "--model", str(whisper_folder), "--batch-size", "1",
+            "--max-new-tokens", "12", "--output", str(output), "--quiet", *map(str, extra)]
+
+
 def _start_caption(whisper_folder, inputs, output, *extra):
-    return subprocess.Popen([DALI_HF, "caption", *map(str, inputs), "--model", str(whisper_folder), "--batch-size", "1",
-                             "--max-new-tokens", "12", "--output", str(output), "--quiet", *map(str, extra)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    return subprocess.Popen(_caption_command(whisper_folder, inputs, output, *extra), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
 
 
 def _wait_for_lines(path: Path, count: int, process, timeout: float = 300) -> None:
@@ -197,7 +201,7 @@ def _wait_for_lines(path: Path, count: int, process, timeout: float = 300) -> No
     raise AssertionError(f"{path} did not reach {count} lines: {process.poll()} {process.stderr.read()[-2000:]}")
 
 
-@pytest.mark.slow  # four runs of the command
+@pytest.mark.slow  # six runs of the command
 def test_command_refuses_a_second_writer_and_resumes_after_a_kill(whisper_folder, tmp_path):
     files = write_clips(tmp_path / "clips", 40)
     (tmp_path / "clips" / "notes.txt").write_text("not audio")
@@ -228,16 +232,23 @@ def test_command_refuses_a_second_writer_and_resumes_after_a_kill(whisper_folder
     assert read_jsonl(str(output)) == expected  # before the model loads, and nothing lost
 
     output.unlink()
-    killed = _start_caption(whisper_folder, [tmp_path / "clips"], output)
-    _wait_for_lines(output, 2, killed)
+    interrupted = _start_caption(whisper_folder, [tmp_path / "clips"], output)
+    _wait_for_lines(output, 1, interrupted)
+    interrupted.send_signal(signal.SIGINT)  # Ctrl-C: what was kept and how to go on, no traceback
+    _, err = interrupted.communicate(timeout=120)
+    assert interrupted.returncode == 1 and "Traceback" not in err, err[-3000:]
+    assert f"interrupted: every line written so far is kept in {output}" in err and "with --resume" in err
+    assert 1 <= len(read_jsonl(str(output))) < 40 and not os.path.exists(str(output) + ".lock")
+
+    killed = _start_caption(whisper_folder, [tmp_path / "clips"], output, "--resume")
+    _wait_for_lines(output, len(read_jsonl(str(output))) + 1, killed)
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=60)
     written = read_jsonl(str(output))
     assert 2 <= len(written) < 40 and os.path.exists(str(output) + ".lock")  # killed midway, its lock file left
     with open(output, "a") as handle:
         handle.write('{"file": "' + files[len(written)] + '", "capt')  # as a kill during a write would leave it
-    resumed = subprocess.run(_start_caption(whisper_folder, [tmp_path / "clips"], output, "--resume").args,
-                             capture_output=True, text=True, env=ENV, timeout=600)
+    resumed = run(*_caption_command(whisper_folder, [tmp_path / "clips"], output, "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert read_jsonl(str(output)) == expected  # each file once, in order, as the uninterrupted run wrote them
     assert output.read_text().count("\n") == 40
