@@ -101,6 +101,12 @@ def test_existing_output_refused_overwritten_or_resumed(captioner, tmp_path):
     assert read_jsonl(output) == expected and resumed["resumed"] == 2
     assert Path(output).read_text().count("\n") == 5
 
+    not_ours = tmp_path / "notes.txt"  # --resume on a file that is not such an output: refused, nothing cut
+    not_ours.write_text("a line\n{not json\n")
+    with pytest.raises(OutputError, match=f"{not_ours} is not a json lines file written by this command .line 1"):
+        caption_files(captioner, files, str(not_ours), resume=True, **settings)
+    assert not_ours.read_text() == "a line\n{not json\n"
+
     Path(output).write_text('{"file": "other.wav", "caption": "x"}\n')
     caption_files(captioner, files, output, overwrite=True, **settings)
     assert read_jsonl(output) == expected

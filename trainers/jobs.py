@@ -149,18 +149,26 @@ class OutputLock:
 
 def read_jsonl(path: str, repair: bool = False) -> list[dict]:
     """Rows of a jsonl file (none when it does not exist); a last line cut by a kill (no newline, or not JSON) is
-    left out, and with `repair` cut off the file."""
+    left out, and with `repair` cut off the file. Anything else that is not a json line is an [`OutputError`]: the
+    file is not an output of these jobs, and nothing of it is cut."""
     if not os.path.exists(path):
         return []
     with open(path, "rb") as handle:
         data = handle.read()
     rows, good = [], 0
-    for line in data.splitlines(keepends=True):
+    lines = data.splitlines(keepends=True)
+    for number, line in enumerate(lines, start=1):
         try:
             if not line.endswith(b"\n"):
                 raise ValueError("unterminated line")
-            rows.append(json.loads(line))
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not an object")
+            rows.append(row)
         except ValueError:  # json.JSONDecodeError is a ValueError
+            if number < len(lines) or not line.startswith(b"{"):
+                raise OutputError(f"{path} is not a json lines file written by this command (line {number} is not "
+                                  "a json object): give another output, or --overwrite to replace it") from None
             break
         good += len(line)
     if repair and good < len(data):
