@@ -407,8 +407,9 @@ def _read_windows(source: AudioSource, windows: list):
         current = upcoming
     window, samples, partial = current
     if partial is not None:
-        logger.warning("%s: decoded %.2f s of the %.2f s its header announces (truncated or corrupt after that "
-                       "point); captioned what decoded", source.name, partial["decoded_s"], partial["duration_s"])
+        logger.warning("%s: decoded %.2f s of the %.2f s its header announces, then failed: the file is truncated or "
+                       "corrupt after that point; captioned what decoded", source.name, partial["decoded_s"],
+                       partial["duration_s"])
     yield window, samples, True, partial
 
 

@@ -54,6 +54,7 @@ def test_dataset_keydataset_and_generator_give_the_lists_captions_in_order(capti
         results = captioner(stream, batch_size=3, **SETTINGS)
         assert not isinstance(results, list), kind  # an iterator, as transformers' pipelines give for datasets
         assert list(results) == expected, kind
+    assert list(captioner(iter(clips), batch_size=3, num_workers=1, **SETTINGS)) == expected  # decoded ahead
     # rows with an image column, for audiovisual captions (which depend on the image)
     images = [random_image(i) for i in range(len(clips))]
     expected = captioner(clips, images=images, mode="audiovisual", batch_size=4, **SETTINGS)
