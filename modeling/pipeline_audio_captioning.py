@@ -53,7 +53,15 @@ from transformers.pipelines.base import ChunkPipeline
 from transformers.pipelines.pt_utils import PipelineChunkIterator, PipelineIterator, PipelinePackIterator
 from transformers.utils import logging
 
-from .media import AudioSource, TruncatedAudioError, frame_seconds, is_video, load_image, to_mono_rate
+from .media import (
+    AudioInputError,
+    AudioSource,
+    TruncatedAudioError,
+    frame_seconds,
+    is_video,
+    load_image,
+    to_mono_rate,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -77,11 +85,13 @@ _NOT_GIVEN = object()
 @dataclass
 class CaptionRequest:
     """One input of the pipeline: its audio and, for audiovisual or image captioning, its image; `name` says which
-    input it is in error messages."""
+    input it is in error messages; `error`, an input that could not even be read from its dataset (raised, or
+    returned with `on_error="return"`, when its turn comes)."""
 
     audio: Any = None
     image: Any = None
     name: str | None = None
+    error: Exception | None = None
 
 
 ON_ERROR = ("raise", "return")
@@ -187,6 +197,8 @@ class AudioCaptioningPipeline(ChunkPipeline):
                  prefix=None, sampling_rate=None, chunk_length_s=None, stride_length_s=0.0, long_audio="chunks",
                  silence_threshold_db=DEFAULT_SILENCE_THRESHOLD_DB):
         processor = self.processor
+        if request.error is not None:
+            raise request.error
         if mode == "image":
             image = load_image(request.image, name=request.name or "image", frame=frame)
             text = processor.caption_prompt(image=True, prefix=bool(prefix), prompt=prompt, prompt_preset=prompt_preset)
@@ -359,10 +371,8 @@ def _image_list(images, count: int) -> list:
 
 def _lazy_requests(inputs, images, image_mode: bool):
     """Requests made one at a time from a dataset, generator or iterable (and its images, an iterable too)."""
-    if isinstance(inputs, torch.utils.data.Dataset) and hasattr(inputs, "__len__"):  # map-style: by index
-        items = (inputs[index] for index in range(len(inputs)))
-    else:
-        items = iter(inputs)
+    indexed = hasattr(inputs, "__len__") and hasattr(inputs, "__getitem__")  # datasets: row by row, by index
+    items = (_read_item(inputs, index) for index in range(len(inputs))) if indexed else iter(inputs)
     image_items = iter(images) if images is not None else None
     for index, item in enumerate(items):
         image = None
@@ -370,7 +380,25 @@ def _lazy_requests(inputs, images, image_mode: bool):
             image = next(image_items, _NOT_GIVEN)
             if image is _NOT_GIVEN:
                 raise ValueError(f"the images ran out at input {index}: pass one image per input")
-        yield _request(item, image, _input_name(item, index, None), image_mode)
+        if isinstance(item, _Unreadable):
+            yield CaptionRequest(name=f"input {index}", error=item.error)
+        else:
+            yield _request(item, image, _input_name(item, index, None), image_mode)
+
+
+@dataclass
+class _Unreadable:
+    error: Exception
+
+
+def _read_item(dataset, index: int):
+    """Item `index` of a dataset, or what kept it from being read (a row whose file the dataset cannot decode)."""
+    try:
+        return dataset[index]
+    except Exception as error:
+        return _Unreadable(AudioInputError(
+            f"input {index}: the dataset could not read it ({type(error).__name__}: {error}); with "
+            "datasets.Audio(decode=False) on its audio column, the pipeline decodes the file and says what is wrong"))
 
 
 def _generation_arguments(kwargs: dict) -> dict:
@@ -407,8 +435,9 @@ def _read_windows(source: AudioSource, windows: list):
         current = upcoming
     window, samples, partial = current
     if partial is not None:
-        logger.warning("%s: decoded %.2f s of the %.2f s its header announces (truncated or corrupt after that "
-                       "point); captioned what decoded", source.name, partial["decoded_s"], partial["duration_s"])
+        logger.warning("%s: decoded %.2f s of the %.2f s its header announces, then failed: the file is truncated or "
+                       "corrupt after that point; captioned what decoded", source.name, partial["decoded_s"],
+                       partial["duration_s"])
     yield window, samples, True, partial
 
 

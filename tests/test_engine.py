@@ -54,6 +54,7 @@ def test_dataset_keydataset_and_generator_give_the_lists_captions_in_order(capti
         results = captioner(stream, batch_size=3, **SETTINGS)
         assert not isinstance(results, list), kind  # an iterator, as transformers' pipelines give for datasets
         assert list(results) == expected, kind
+    assert list(captioner(iter(clips), batch_size=3, num_workers=1, **SETTINGS)) == expected  # decoded ahead
     # rows with an image column, for audiovisual captions (which depend on the image)
     images = [random_image(i) for i in range(len(clips))]
     expected = captioner(clips, images=images, mode="audiovisual", batch_size=4, **SETTINGS)
@@ -76,7 +77,7 @@ def test_streams_are_read_lazily(captioner, clips):
     assert len(pulled) <= 4, len(pulled)  # one batch of windows (and one input peeked), not all 12 inputs
 
 
-def test_on_error_return_keeps_the_good_inputs(captioner, clips):
+def test_on_error_return_keeps_the_good_inputs(captioner, clips, tmp_path):
     good, other, empty = random_clip(7, seconds=1.5), random_clip(6, seconds=0.4), np.zeros(0, dtype=np.float32)
     alone = [captioner(clip, sampling_rate=16000, **SETTINGS) for clip in (good, other)]
     results = captioner([good, empty, other], sampling_rate=16000, batch_size=3, on_error="return", **SETTINGS)
@@ -92,6 +93,16 @@ def test_on_error_return_keeps_the_good_inputs(captioner, clips):
     assert results[0] == captioner(clips[2], **SETTINGS) and results[3] == captioner(clips[0], **SETTINGS)
     assert results[1][0]["error"].startswith("AudioInputError: input 1 (ndarray) contains NaN or infinite samples")
     assert results[2] == [{"error": "AudioInputError: audio file not found: missing.wav"}]
+    # a dataset row that the dataset itself cannot decode
+    (tmp_path / "bad.wav").write_bytes(b"not audio")
+    table = datasets.Dataset.from_dict({"audio": [clips[1], str(tmp_path / "bad.wav"), clips[0]]})
+    results = list(captioner(table.cast_column("audio", datasets.Audio()), batch_size=2, on_error="return",
+                             **SETTINGS))
+    assert [results[0], results[2]] == [captioner(clips[1], **SETTINGS), captioner(clips[0], **SETTINGS)]
+    assert results[1][0]["error"].startswith("AudioInputError: input 1: the dataset could not read it")
+    (row,) = captioner(table.cast_column("audio", datasets.Audio(decode=False)).select([1]), on_error="return")
+    assert row == [{"error": f"AudioInputError: cannot decode audio from {tmp_path / 'bad.wav'}: not an audio or "
+                             "video file that FFmpeg can read (unknown format, or a corrupt file)"}]
     with pytest.raises(ValueError, match="on_error must be one of"):
         captioner(clips, on_error="skip")
 
