@@ -251,9 +251,9 @@ def run_job(keys: Sequence[str], paths: Sequence[str], produce: Callable[[list[i
     of an interrupted run over any number of processes) are skipped; with `overwrite`, the outputs are started
     again; without either an existing output is an [`OutputError`]. `weight(index)` is the input's duration when
     it can be read cheaply (None when not): shares are balanced by it. `prepare()` runs on the main process once
-    it holds the outputs' locks, before any row is written (e.g. to record the job's settings). A tqdm bar with rate and ETA on the main
-    process follows its share (`progress=False`: none). Returns the rows of each output, on every process.
-    """
+    it holds the outputs' locks, before any row is written (e.g. to record the job's settings). A tqdm bar with
+    rate and ETA on the main process follows its share (`progress=False`: none). Returns the rows of each output,
+    on every process."""
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
