@@ -17,7 +17,14 @@ import numpy as np
 import pytest
 import soundfile
 from dali_hf.modeling.media import AUDIO_EXTENSIONS, MEDIA_EXTENSIONS, VIDEO_EXTENSIONS, AudioSource
-from dali_hf.trainers.jobs import OutputError, OutputLock, check_output, read_jsonl, split_by_weight
+from dali_hf.trainers.jobs import (
+    OutputError,
+    OutputLock,
+    check_output,
+    check_output_dir,
+    read_jsonl,
+    split_by_weight,
+)
 from transformers import pipeline
 
 from dali_hf.captioning import caption_files, scan_media
@@ -80,6 +87,14 @@ def test_outputs_are_checked_before_anything_runs(tmp_path):
     (tmp_path / "new.jsonl.part-1-of-2").write_text("")  # the shares of an interrupted run are an output too
     with pytest.raises(OutputError, match="already exists"):
         check_output(str(tmp_path / "new.jsonl"))
+    # folders of pseudo-caption and evaluate: created when missing; a file, or one that holds an output, refused
+    check_output_dir(str(tmp_path / "eval"), ["captions.jsonl"])
+    with pytest.raises(OutputError, match=f"--output-dir {existing} is a file: give a folder"):
+        check_output_dir(str(existing), ["captions.jsonl"])
+    with pytest.raises(OutputError, match=f"{existing} already exists: pass --resume"):
+        check_output_dir(str(tmp_path), ["captions.jsonl"])
+    with pytest.raises(OutputError, match="does not exist"):
+        check_output_dir(str(tmp_path / "a" / "b"), ["captions.jsonl"])
 
 
 def test_existing_output_refused_overwritten_or_resumed(captioner, tmp_path):
