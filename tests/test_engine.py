@@ -28,11 +28,11 @@ def captioner(llava_parts):
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
-    """Four wav files as paths, each of its own length beyond the 1-second window: their results differ at least in
+    """Three wav files as paths, each of its own length beyond the 1-second window: their results differ at least in
     their windows' timestamps (the tiny captioner's words hardly depend on the audio)."""
     folder = tmp_path_factory.mktemp("clips")
     paths = []
-    for i, seconds in enumerate((1.6, 2.7, 1.8, 2.55)):
+    for i, seconds in enumerate((1.6, 2.2, 1.8)):
         path = folder / f"clip{i}.wav"
         soundfile.write(path, random_clip(i, seconds=seconds), 16000)
         paths.append(str(path))
@@ -48,7 +48,6 @@ def test_dataset_keydataset_and_generator_give_the_lists_captions_in_order(capti
         "KeyDataset": KeyDataset(table, "audio"),
         "datasets.Dataset (audio column)": decoded,
         "generator": (path for path in clips),
-        "map": map(str, clips),
     }
     for kind, stream in streams.items():
         results = captioner(stream, batch_size=3, **SETTINGS)
