@@ -369,7 +369,8 @@ def _skipped_text(skipped) -> str:
     if not skipped:
         return ""
     kinds = ", ".join(f"{count} {extension or '(no extension)'}" for extension, count in sorted(skipped.items()))
-    return f"; {sum(skipped.values())} files skipped by extension ({kinds})"
+    count = sum(skipped.values())
+    return f"; {count} file{'s' if count > 1 else ''} skipped by extension ({kinds})"
 
 
 def _add_evaluate(subparsers) -> None:

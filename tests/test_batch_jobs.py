@@ -246,7 +246,7 @@ def test_command_refuses_a_second_writer_and_resumes_after_a_kill(whisper_folder
     assert first.returncode == 0, err[-3000:]
     expected = read_jsonl(str(output))
     assert [row["file"] for row in expected] == files
-    assert "40 of 40 files captioned" in out and "1 files skipped by extension (1 .txt)" in out
+    assert "40 of 40 files captioned" in out and "1 file skipped by extension (1 .txt)" in out
 
     refused = run(DALI_HF, "caption", tmp_path / "clips", "--model", tmp_path / "no-model", "--output", output)
     assert refused.returncode == 1 and f"error: {output} already exists: pass --resume" in refused.stderr
