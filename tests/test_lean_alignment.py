@@ -7,7 +7,12 @@ import pytest
 import safetensors.torch
 import torch
 import transformers.modeling_utils
-from dali_hf.trainers import SCORERS_NAME, AlignmentConfig, DistributionAlignmentTrainer, LlavaAudioAlignmentModel
+from dali_hf.trainers import (
+    SCORERS_NAME,
+    AlignmentConfig,
+    DistributionAlignmentTrainer,
+    LlavaAudioAlignmentModel,
+)
 from dali_hf.trainers import lean as lean_module
 from transformers import AutoModel, AutoProcessor
 
