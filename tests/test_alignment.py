@@ -123,7 +123,9 @@ def test_overlapped_chunks_give_the_same_loss_and_gradients(make_trainer, data, 
 
 
 def test_resume_equals_uninterrupted_run(make_trainer, data, tmp_path):
-    settings = dict(objective="attentive_ot", num_train_epochs=2, save_strategy="steps", save_steps=4)
+    """Attentive OT with the feature augmentation: the scorers resume with the Trainer's checkpoint (weights and
+    their optimiser state), and the augmentation draws what the uninterrupted run draws."""
+    settings = dict(objective="attentive_ot", num_train_epochs=2, save_strategy="steps", save_steps=4, augment=True)
     full = make_trainer(data, tmp_path / "full", **settings)
     full.train()
     interrupted = make_trainer(data, tmp_path / "part", **settings)
