@@ -1,5 +1,6 @@
 """Launched by test_alignment.py, alone or under `accelerate launch --num_processes 2`: a short alignment run whose
-logged loss and OT term are written as JSON by the main process. The model is given as a captioner folder, so the
+logged loss and OT term are written as JSON by the main process. An optional last argument: "checkpoints" (save a
+checkpoint every 4 steps) or a checkpoint folder to resume the run from. The model is given as a captioner folder, so the
 trainer loads it without its language model. Data: the pairs as a map-style dataset, or streamed (a sharded,
 shuffled `datasets.IterableDataset` through AlignmentStream, with each batch's OT solves split in two chunks).
 It imports only installed packages, so it runs as a script from any folder."""
@@ -20,11 +21,12 @@ from transformers import AutoProcessor
 from dali_hf.testing import pairs_dataset
 
 
-def main(output_dir: str, per_device_batch: int, objective: str, data: str, model_dir: str) -> None:
+def main(output_dir: str, per_device_batch: int, objective: str, data: str, model_dir: str, option: str) -> None:
     torch.set_num_threads(1)
     processor = AutoProcessor.from_pretrained(model_dir)
     args = AlignmentConfig(output_dir=output_dir, objective=objective, per_device_train_batch_size=per_device_batch,
-                           learning_rate=1e-3, num_train_epochs=2, logging_steps=1, save_strategy="no",
+                           learning_rate=1e-3, num_train_epochs=2, logging_steps=1,
+                           save_strategy="steps" if option == "checkpoints" else "no", save_steps=4,
                            report_to=[], seed=0, use_cpu=True, disable_tqdm=True, uniform_epochs=1,
                            lambda_values=[0.05], lambda_final=0.05, ot_overlap_chunks=2 if data == "stream" else 1)
     train = pairs_dataset()
@@ -34,7 +36,7 @@ def main(output_dir: str, per_device_batch: int, objective: str, data: str, mode
     trainer = DistributionAlignmentTrainer(model=model_dir, args=args, train_dataset=train, processing_class=processor)
     assert trainer.accelerator.num_processes == int(sys.argv[4]), 'not the requested number of processes'
     assert isinstance(trainer.model, LlavaAudioAlignmentModel), type(trainer.model)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=option if option not in ("", "checkpoints") else None)
     if not trainer.is_fsdp_enabled:  # the shipped FSDP config saves sharded checkpoints, no model folder
         trainer.save_model(str(Path(output_dir, "final")))
     if trainer.is_world_process_zero():
@@ -43,4 +45,5 @@ def main(output_dir: str, per_device_batch: int, objective: str, data: str, mode
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[5], sys.argv[6])  # argv[4]: the expected number of processes
+    # argv[4]: the expected number of processes
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[5], sys.argv[6], sys.argv[7] if len(sys.argv) > 7 else "")

@@ -130,7 +130,7 @@ def test_reference_gradient_is_the_reference_steps_total(tmp_path):
     batch = {"input_features": torch.randn(3, 64, 32, generator=torch.Generator().manual_seed(2)),
              "pixel_values": torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))}
     trainer.compute_loss(model, batch).backward()
-    trained = [p for p in model.parameters() if p.requires_grad]
+    trained = [p for p in model.model.parameters() if p.requires_grad]  # the audio side (the scorers: below)
     ours = [p.grad.clone() for p in trained]
     ours_scorers = [p.grad.clone() for p in scorers.parameters()]
     model.zero_grad()
@@ -193,7 +193,8 @@ def test_augmentation_applies_to_training_batches_only(tmp_path):
     trainer = _alignment_trainer(tmp_path, augment=True, objective="mmd")
     seen = []
     tokens = trainer._tokens
-    trainer._tokens = lambda model, inputs: seen.append(inputs["input_features"]) or tokens(model, inputs)
+    trainer._tokens = lambda model, inputs, **kwargs: seen.append(inputs["input_features"]) or tokens(model, inputs,
+                                                                                                       **kwargs)
     batch = {"input_features": torch.randn(3, 64, 32), "pixel_values": torch.randn(3, 3, 32, 32)}
     with torch.no_grad():
         trainer.compute_loss(trainer.model.eval(), batch)
