@@ -9,7 +9,6 @@ embeddings placed wherever the processor put the prefix placeholder.
 
 import copy
 import inspect
-import os
 import shutil
 import sys
 from dataclasses import dataclass

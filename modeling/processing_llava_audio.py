@@ -4,8 +4,11 @@ import copy
 
 from transformers import AddedToken, AutoFeatureExtractor, AutoProcessor, ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
+from transformers.utils import logging
 
 from .configuration_llava_audio import audio_token_count
+
+logger = logging.get_logger(__name__)
 
 __all__ = ["LlavaAudioProcessor", "placeholder_token_ids", "CHAT_TEMPLATE", "DEFAULT_PROMPT", "PROMPT_PRESETS"]
 
@@ -170,10 +173,13 @@ class LlavaAudioProcessor(ProcessorMixin):
             )
         text = [text] if isinstance(text, str) else list(text)
         text = [sample.replace(self.prefix_token, self.prefix_token * self.num_prefix_tokens) for sample in text]
-        if audio is not None and "sampling_rate" not in kwargs:
-            raise ValueError(
-                "Pass sampling_rate= with raw audio (e.g. 16000), so that audio at another rate is never silently "
-                "misread."
+        if audio is not None and "sampling_rate" not in kwargs | kwargs.get("audio_kwargs", {}):
+            # transformers' convention (Whisper, CLAP...), which its pipelines rely on: they decode at the feature
+            # extractor's rate and say nothing. Rates that cannot be right still fail in the feature extractor.
+            kwargs["sampling_rate"] = self.feature_extractor.sampling_rate
+            logger.warning(
+                f"No sampling_rate given with the audio: it is taken to be the feature extractor's "
+                f"{kwargs['sampling_rate']} Hz. Pass sampling_rate= for audio at another rate (it is then resampled)."
             )
         # Text defaults only: the audio feature extractor keeps its own padding (fixed-length encoders).
         text_kwargs = dict(kwargs.pop("text_kwargs", {}))

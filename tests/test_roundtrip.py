@@ -252,3 +252,25 @@ def test_a_save_that_cannot_find_the_pipeline_code_writes_nothing(ast_captioner,
     with pytest.raises(FileNotFoundError, match=r"pipeline code .*gone.*is missing \(nothing was written\)"):
         ast_captioner[0].save_pretrained(tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_any_to_any_pipeline_takes_audio_without_a_rate(ast_captioner, tmp_path, caplog):
+    """transformers' any-to-any pipeline decodes at the feature extractor's rate and passes no sampling_rate: the
+    processor warns and takes that rate, as transformers' feature extractors do."""
+    from transformers import pipeline
+
+    model, processor = ast_captioner
+    folder = tmp_path / "dali"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    prompt, clip = processor.caption_prompt(audio=True, prefix=True), random_clip(4)
+    inputs = processor(text=prompt, audio=clip, sampling_rate=16000, return_tensors="pt")
+    expected = model.generate(**inputs, **GREEDY)[0, inputs["input_ids"].shape[1]:].tolist()
+    silent = processor(text=prompt, audio=0 * clip, sampling_rate=16000, return_tensors="pt")
+    assert model.generate(**silent, **GREEDY)[0, inputs["input_ids"].shape[1]:].tolist() != expected  # not void
+
+    chat = pipeline("any-to-any", model=str(folder))
+    with caplog.at_level("WARNING"):
+        output = chat(text=prompt, audio=clip, generate_kwargs=GREEDY, return_tensors=True)
+    assert list(map(int, output[0]["generated_token_ids"]))[-len(expected):] == expected
+    assert "No sampling_rate given with the audio: it is taken to be the feature extractor's 16000 Hz" in caplog.text
