@@ -1,0 +1,76 @@
+"""Training labels from the chat template's assistant mask: the answer and its </s> are what `{% generation %}`
+marks, the project's collators label exactly the tokens they labelled when prompt and caption were tokenised apart,
+and TRL's SFTTrainer fine-tunes on (audio, caption) conversations with the audio reaching the model."""
+
+import pytest
+import torch
+from dali_hf.trainers import CaptionCollator
+
+from dali_hf.testing import random_clip, random_image, tiny_captioner
+
+
+@pytest.fixture(scope="module")
+def parts(llava_parts):
+    return tiny_captioner("ast", llava_parts=llava_parts)[:2]
+
+
+def _rows(n, seed=0):
+    captions = ["a dog barks", "rain falls and a bell rings", "music plays", "a cat meows in the scene"]
+    return [{"id": str(i), "audio": {"array": random_clip(seed + i, seconds=0.3 + 0.2 * i), "sampling_rate": 16000},
+             "image": random_image(seed + i), "caption": f" {captions[i % len(captions)]} "} for i in range(n)]
+
+
+def _apart_reference(processor, rows, image, audio, prefix, prompt_preset):
+    """The labels built by tokenising prompt and caption apart: the processor's prompt ids (placeholders expanded),
+    then the caption's ids and </s>, labelled; right padding, -100 on prompt and padding."""
+    tokenizer = processor.tokenizer
+    prompt = processor.caption_prompt(image=image, audio=audio, prefix=prefix, prompt_preset=prompt_preset,
+                                      training=True)
+    ids, labels = [], []
+    for row in rows:
+        media = {"images": row["image"]} if image else {}
+        if audio:
+            media |= {"audio": row["audio"]["array"], "sampling_rate": 16000}
+        prompt_ids = processor(text=prompt, **media)["input_ids"][0]
+        caption_ids = tokenizer(row["caption"].strip(), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids.append(prompt_ids + caption_ids)
+        labels.append([-100] * len(prompt_ids) + caption_ids)
+    length = max(map(len, ids))
+    return (torch.tensor([r + [tokenizer.pad_token_id] * (length - len(r)) for r in ids]),
+            torch.tensor([r + [-100] * (length - len(r)) for r in labels]))
+
+
+@pytest.mark.parametrize("image, audio, prefix, prompt_preset", [
+    (False, True, False, "llava"), (True, False, True, "llava"), (False, True, True, "reference"),
+    (True, True, True, "reference")])
+def test_collator_labels_what_prompt_and_caption_apart_labelled(parts, image, audio, prefix, prompt_preset):
+    _, processor = parts
+    rows = _rows(3)
+    batch = CaptionCollator(processor, image=image, audio=audio, prefix=prefix, prompt_preset=prompt_preset)(rows)
+    input_ids, labels = _apart_reference(processor, rows, image, audio, prefix, prompt_preset)
+    assert torch.equal(batch["input_ids"], input_ids)
+    assert torch.equal(batch["labels"], labels)
+    assert torch.equal(batch["attention_mask"], (input_ids != processor.tokenizer.pad_token_id).long())
+    if audio:
+        reference = processor.feature_extractor([r["audio"]["array"] for r in rows], sampling_rate=16000,
+                                                return_tensors="pt")
+        assert torch.equal(batch["input_features"], reference["input_values"])
+    if image:
+        reference = processor.image_processor([r["image"] for r in rows], return_tensors="pt")["pixel_values"]
+        assert torch.equal(batch["pixel_values"], reference)
+
+
+def test_assistant_mask_holds_the_answer_and_its_eos(parts):
+    from trl.chat_template_utils import is_chat_template_stop_token_trained
+
+    _, processor = parts
+    tokenizer = processor.tokenizer
+    messages = processor.caption_messages(image=random_image(0), audio=random_clip(0), prefix=True,
+                                          caption="a dog barks")
+    out = processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ids, mask = out["input_ids"][0], out["assistant_masks"][0]
+    assert tokenizer.convert_ids_to_tokens([i for i, m in zip(ids, mask, strict=True) if m]) == [
+        "a", "dog", "barks", "</s>"]
+    assert is_chat_template_stop_token_trained(processor)  # TRL's own check
+    # a prompt for generation is unchanged: no <s> in the text, the tokenizer adds it
+    assert processor.caption_prompt(audio=True).startswith("USER: <audio>\n")
