@@ -74,3 +74,52 @@ def test_assistant_mask_holds_the_answer_and_its_eos(parts):
     assert is_chat_template_stop_token_trained(processor)  # TRL's own check
     # a prompt for generation is unchanged: no <s> in the text, the tokenizer adds it
     assert processor.caption_prompt(audio=True).startswith("USER: <audio>\n")
+
+
+def _audio_conversations(processor, folder, seeds):
+    """TRL rows: (audio file, caption) conversations, and the empty `images` column that sends TRL to its
+    multimodal collator (without it, TRL tokenises the text alone and the audio is never seen)."""
+    import soundfile
+
+    rows = []
+    for i, seed in enumerate(seeds):
+        path = folder / f"clip{seed}.wav"
+        soundfile.write(path, random_clip(seed), 16000, subtype="FLOAT")
+        caption = ["a dog barks", "rain falls and a bell rings"][i % 2]
+        rows.append({"images": [], "messages": processor.caption_messages(audio=str(path), caption=caption,
+                                                                          training=True)})
+    return rows
+
+
+def test_sft_trainer_fine_tunes_on_audio_captions(llava_parts, tmp_path):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    model, processor, _ = tiny_captioner("ast", seed=3, llava_parts=llava_parts)
+    rows = _audio_conversations(processor, tmp_path, seeds=[0, 1, 2, 3])
+    args = SFTConfig(output_dir=str(tmp_path / "sft"), assistant_only_loss=True, per_device_train_batch_size=2,
+                     max_steps=2, learning_rate=1e-3, report_to=[], use_cpu=True, save_strategy="no",
+                     gradient_checkpointing=False, dataloader_num_workers=0, logging_steps=1)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=processor)
+    assert isinstance(trainer.data_collator, DataCollatorForVisionLanguageModeling)
+
+    batch = trainer.data_collator([dict(row) for row in rows[:2]])
+    ours = CaptionCollator(processor, audio=True)(
+        [{"audio": m[0]["content"][0]["audio"], "caption": m[1]["content"][0]["text"]}
+         for m in (row["messages"] for row in rows[:2])])
+    for key in ("input_ids", "attention_mask", "labels", "input_features"):
+        assert torch.equal(batch[key], ours[key]), key
+    eos = processor.tokenizer.eos_token_id
+    assert all(eos in row.tolist() for row in batch["labels"])  # </s> is trained
+
+    other_audio = trainer.data_collator([dict(row) for row in _audio_conversations(processor, tmp_path, [8, 9])])
+    assert torch.equal(other_audio["labels"], batch["labels"])
+    with torch.no_grad():
+        losses = [model(**{k: v for k, v in b.items() if k != "text"}).loss for b in (batch, other_audio)]
+    assert not torch.isclose(losses[0], losses[1])  # the audio reaches the model
+
+    before = model.model.audio_multi_modal_projector.linear_1.weight.clone()
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert not torch.equal(model.model.audio_multi_modal_projector.linear_1.weight, before)
