@@ -183,11 +183,14 @@ class LlavaAudioProcessor(ProcessorMixin):
                 f"No sampling_rate given with the audio: it is taken to be the feature extractor's "
                 f"{kwargs['sampling_rate']} Hz. Pass sampling_rate= for audio at another rate (it is then resampled)."
             )
-        # Text defaults only: the audio feature extractor keeps its own padding (fixed-length encoders).
+        # Padding and truncation are the text's: the audio feature extractor keeps its own (fixed-length encoders),
+        # also when callers such as TRL's collators or the any-to-any pipeline pass them for every modality.
         text_kwargs = dict(kwargs.pop("text_kwargs", {}))
-        for key, default in (("padding", True), ("padding_side", "left")):
-            if key not in kwargs:
-                text_kwargs.setdefault(key, default)
+        for key, default in (("padding", True), ("padding_side", "left"), ("truncation", None),
+                             ("max_length", None), ("pad_to_multiple_of", None)):
+            value = kwargs.pop(key, default)
+            if value is not None:
+                text_kwargs.setdefault(key, value)
         kwargs["text_kwargs"] = text_kwargs
         return super().__call__(images=images, text=text, audio=audio, **kwargs)
 

@@ -123,3 +123,19 @@ def test_sft_trainer_fine_tunes_on_audio_captions(llava_parts, tmp_path):
     trainer.train()
     assert trainer.state.global_step == 2
     assert not torch.equal(model.model.audio_multi_modal_projector.linear_1.weight, before)
+
+
+def test_padding_and_truncation_are_the_texts(llava_parts):
+    """TRL's collator (and the any-to-any pipeline) pass padding / truncation / max_length for every modality: the
+    text gets them, the fixed-length audio features stay as the feature extractor makes them."""
+    _, processor, _ = tiny_captioner("whisper", llava_parts=llava_parts)
+    prompt, clip = processor.caption_prompt(audio=True), random_clip(2)
+    plain = processor(text=[prompt], audio=[clip], sampling_rate=16000, return_tensors="pt")
+    passed = processor(text=[prompt], audio=[clip], sampling_rate=16000, return_tensors="pt", padding=True,
+                       padding_side="right", truncation=True, max_length=1024)
+    for key in plain:
+        assert torch.equal(passed[key], plain[key]), key
+    truncated = processor(text=[prompt], audio=[clip], sampling_rate=16000, return_tensors="pt", truncation=True,
+                          max_length=plain["input_ids"].shape[1] + 5, padding="max_length")
+    assert truncated["input_ids"].shape[1] == plain["input_ids"].shape[1] + 5
+    assert torch.equal(truncated["input_features"], plain["input_features"])
