@@ -86,7 +86,7 @@ class CaptionCollator:
             raise ValueError("CaptionCollator needs image=True and/or audio=True")
         self.processor, self.image, self.audio = processor, image, audio
         self.prompt_options = dict(prefix=prefix, prompt=prompt, prompt_preset=prompt_preset, training=True)
-        self.prompt = processor.caption_prompt(image=image, audio=audio, **self.prompt_options)
+        processor.caption_prompt(image=image, audio=audio, **self.prompt_options)  # a wrong preset fails here
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         rate = self.processor.feature_extractor.sampling_rate
