@@ -91,6 +91,7 @@ def _audio_conversations(processor, folder, seeds):
     return rows
 
 
+@pytest.mark.slow  # a Trainer run, with TRL's imports
 def test_sft_trainer_fine_tunes_on_audio_captions(llava_parts, tmp_path):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
