@@ -225,7 +225,10 @@ def convert_official(
     """
     audio_config = audio_config or CavMaeAudioConfig()
     weights = split_official_state_dict(load_official_state_dict(audio_backbone), audio_config)
-    model = _assemble(weights, _read_stage_files(projector, prefix), llava, audio_config, processor, **kwargs)
+    stage = _read_stage_files(projector, prefix)
+    if processor is None and isinstance(llava, (str, os.PathLike)):
+        processor = _processor_from_llava(llava, audio_config, stage)
+    model = _assemble(weights, stage, llava, audio_config, processor, **kwargs)
     model.config.shared_projector = shared_projector
     return model
 
@@ -256,15 +259,7 @@ def convert_official_to_folder(
     weights = split_official_state_dict(load_official_state_dict(audio_backbone), audio_config)
     stage = _read_stage_files(projector, prefix)
     if processor is None and isinstance(llava, (str, os.PathLike)):
-        feature_extractor = CavMaeFeatureExtractor(
-            num_mel_bins=audio_config.num_mel_bins, target_length=audio_config.target_length
-        )
-        try:
-            processor = LlavaAudioProcessor.from_llava(
-                str(llava), feature_extractor, audio_config=audio_config, num_prefix_tokens=_num_prefix(stage)
-            )
-        except OSError as error:  # a LLaVA folder without processor files
-            logger.warning("No processor written: cannot load LLaVA's processor from %s (%s)", llava, error)
+        processor = _processor_from_llava(llava, audio_config, stage)
     if processor is not None:
         processor = _with_reference_settings(processor, prompt_preset, channel_policy)
     model = _assemble(weights, stage, llava, audio_config, processor, **kwargs)
@@ -323,6 +318,21 @@ def _read_stage_files(projector, prefix) -> dict[str, torch.Tensor]:
 
 def _num_prefix(stage: dict[str, torch.Tensor]) -> int:
     return stage[PREFIX_KEY].shape[0] if PREFIX_KEY in stage else 16
+
+
+def _processor_from_llava(llava, audio_config, stage) -> LlavaAudioProcessor | None:
+    """`LlavaAudioProcessor.from_llava(llava, CavMaeFeatureExtractor())` for a LLaVA path or Hub id, or None (with
+    a warning) when it has no processor files; the model then takes the placeholder ids its tokenizer gives."""
+    feature_extractor = CavMaeFeatureExtractor(
+        num_mel_bins=audio_config.num_mel_bins, target_length=audio_config.target_length
+    )
+    try:
+        return LlavaAudioProcessor.from_llava(
+            str(llava), feature_extractor, audio_config=audio_config, num_prefix_tokens=_num_prefix(stage)
+        )
+    except OSError as error:  # a LLaVA folder without processor files
+        logger.warning("No processor written: cannot load LLaVA's processor from %s (%s)", llava, error)
+        return None
 
 
 def _assemble(weights, stage, llava, audio_config, processor, **kwargs) -> LlavaAudioForConditionalGeneration:

@@ -9,8 +9,8 @@ embeddings placed wherever the processor put the prefix placeholder.
 
 import copy
 import inspect
-import os
 import shutil
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -373,9 +373,11 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
             "audio-captioning": {"impl": f"{_PIPELINE_MODULE}.AudioCaptioningPipeline",
                                  "pt": ["AutoModelForImageTextToText"], "type": "multimodal"}
         }
+        pipeline_files = _pipeline_code_files()  # found before anything is written: no half-saved folder
         saved = super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
         if kwargs.get("is_main_process", True):
-            _copy_with_relative_imports(_PIPELINE_FILE, save_directory)
+            for file in pipeline_files:
+                shutil.copy(file, save_directory)
         return saved
 
     def get_image_tokens(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -566,7 +568,6 @@ def build_audio_encoder(audio_config):
 
 _MODULE = __name__.rsplit(".", 1)[-1]
 _PIPELINE_MODULE = "pipeline_audio_captioning"
-_PIPELINE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{_PIPELINE_MODULE}.py")
 # The Auto classes that give the captioner: saved in `auto_map` (remote code) and registered by dali_hf
 CAPTIONER_AUTO_CLASSES = ("AutoModel", "AutoModelForImageTextToText", "AutoModelForMultimodalLM")
 
@@ -581,11 +582,26 @@ _LLAVA_FIELDS = (
 )
 
 
-def _copy_with_relative_imports(path: str, folder) -> None:
+def _pipeline_code_files() -> list[str]:
+    """The captioning pipeline's module and the modules it imports, which `save_pretrained` copies beside the
+    model's code.
+
+    The import is relative so that transformers, which copies a remote-code module's relative imports with it,
+    puts the pipeline beside this module in its remote-code cache too: a model loaded with trust_remote_code then
+    saves a complete folder. It sits in this function to keep the pipeline out of the model's import time."""
     from transformers.dynamic_module_utils import get_relative_import_files
 
-    for file in [path, *get_relative_import_files(path)]:
-        shutil.copy(file, folder)
+    from .pipeline_audio_captioning import AudioCaptioningPipeline
+
+    path = sys.modules[AudioCaptioningPipeline.__module__].__file__
+    try:
+        return [path, *get_relative_import_files(path)]
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"Cannot save the captioner: its pipeline code {error.filename} is missing (nothing was written). "
+            "Reinstall dali-hf, or load the model again from a folder or Hub repo that has "
+            "pipeline_audio_captioning.py."
+        ) from error
 
 
 def _select_image_tokens(vision_outputs, vision_feature_layer, vision_feature_select_strategy) -> torch.Tensor:

@@ -1,11 +1,15 @@
 """LlavaAudioProcessor: LLaVA's tokenizer and CLIP image processor plus an audio feature extractor."""
 
 import copy
+import re
 
 from transformers import AddedToken, AutoFeatureExtractor, AutoProcessor, ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
+from transformers.utils import logging
 
 from .configuration_llava_audio import audio_token_count
+
+logger = logging.get_logger(__name__)
 
 __all__ = ["LlavaAudioProcessor", "placeholder_token_ids", "CHAT_TEMPLATE", "DEFAULT_PROMPT", "PROMPT_PRESETS"]
 
@@ -28,7 +32,9 @@ PROMPT_PRESETS = {
 
 # LLaVA-1.5's `llava_v1` template as llava-hf writes it, with audio and prefix placeholders right after the image
 # (in DALI the prefix sits right after the modality tokens, before the prompt text). Image-only prompts are
-# exactly LLaVA's: "USER: <image>\n{text} ASSISTANT:".
+# exactly LLaVA's: "USER: <image>\n{text} ASSISTANT:". An answer ends with </s> (llava_v1's separator after the
+# assistant), inside `{% generation %}`: training on the assistant mask (TRL's `assistant_only_loss`, our collators)
+# teaches the model to stop. As in LLaVA's, <s> is left to the tokenizer.
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] != 'system' -%}{{ message['role'].upper() + ': ' }}{%- endif -%}"
@@ -42,7 +48,7 @@ CHAT_TEMPLATE = (
     "{{ '<prefix>' }}{%- set ns.media = true -%}{%- endfor -%}"
     "{%- if ns.media -%}{{ '\n' }}{%- endif -%}"
     "{%- for content in message['content'] | selectattr('type', 'equalto', 'text') -%}"
-    "{%- if message['role'] == 'assistant' -%}{% generation %}{{ content['text'] + ' ' }}{% endgeneration %}"
+    "{%- if message['role'] == 'assistant' -%}{% generation %}{{ content['text'] + eos_token }}{% endgeneration %}"
     "{%- else -%}{{ content['text'] + ' ' }}{%- endif -%}"
     "{%- endfor -%}{%- endif -%}"
     "{%- endfor -%}"
@@ -169,19 +175,48 @@ class LlavaAudioProcessor(ProcessorMixin):
                 "processor.caption_prompt(audio=True)."
             )
         text = [text] if isinstance(text, str) else list(text)
-        text = [sample.replace(self.prefix_token, self.prefix_token * self.num_prefix_tokens) for sample in text]
-        if audio is not None and "sampling_rate" not in kwargs:
-            raise ValueError(
-                "Pass sampling_rate= with raw audio (e.g. 16000), so that audio at another rate is never silently "
-                "misread."
+        if audio is not None and "sampling_rate" not in kwargs | kwargs.get("audio_kwargs", {}):
+            # transformers' convention (Whisper, CLAP...), which its pipelines rely on: they decode at the feature
+            # extractor's rate and say nothing. Rates that cannot be right still fail in the feature extractor.
+            kwargs["sampling_rate"] = self.feature_extractor.sampling_rate
+            logger.warning(
+                f"No sampling_rate given with the audio: it is taken to be the feature extractor's "
+                f"{kwargs['sampling_rate']} Hz. Pass sampling_rate= for audio at another rate (it is then resampled)."
             )
-        # Text defaults only: the audio feature extractor keeps its own padding (fixed-length encoders).
+        # Padding and truncation are the text's: the audio feature extractor keeps its own (fixed-length encoders),
+        # also when callers such as TRL's collators or the any-to-any pipeline pass them for every modality.
         text_kwargs = dict(kwargs.pop("text_kwargs", {}))
-        for key, default in (("padding", True), ("padding_side", "left")):
-            if key not in kwargs:
-                text_kwargs.setdefault(key, default)
+        for key, default in (("padding", True), ("padding_side", "left"), ("truncation", None),
+                             ("max_length", None), ("pad_to_multiple_of", None)):
+            value = kwargs.pop(key, default)
+            if value is not None:
+                text_kwargs.setdefault(key, value)
         kwargs["text_kwargs"] = text_kwargs
         return super().__call__(images=images, text=text, audio=audio, **kwargs)
+
+    def get_text_with_replacements(
+        self, text: list[str], images_replacements=(), videos_replacements=(), audio_replacements=()
+    ) -> tuple[list[str], list[list[dict]]]:
+        """`ProcessorMixin.get_text_with_replacements`, which also expands every `<prefix>` to `num_prefix_tokens`
+        of them and records it as it records the media placeholders, so that offsets into the unexpanded text (the
+        chat template's assistant masks) stay aligned."""
+        prefix_expanded, prefix_records = [], []
+        replacement = self.prefix_token * self.num_prefix_tokens
+        for sample in text:
+            records, gain = [], 0
+            for match in re.finditer(re.escape(self.prefix_token), sample):
+                start = match.start() + gain
+                records.append({"type": "prefix", "span": match.span(), "new_span": (start, start + len(replacement)),
+                                "text": self.prefix_token, "replacement": replacement})
+                gain += len(replacement) - len(self.prefix_token)
+            prefix_expanded.append(sample.replace(self.prefix_token, replacement))
+            prefix_records.append(records)
+        expanded, media_records = super().get_text_with_replacements(
+            prefix_expanded, list(images_replacements), list(videos_replacements), list(audio_replacements)
+        )
+        media_records = media_records or [[] for _ in text]
+        return expanded, [_merge_replacement_records(prefix, media)
+                          for prefix, media in zip(prefix_records, media_records, strict=True)]
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         height, width = image_inputs["pixel_values"][image_idx].shape[-2:]
@@ -212,19 +247,59 @@ class LlavaAudioProcessor(ProcessorMixin):
         `prompt_preset` (default: the processor's) puts its system text first, the training one when `training`
         (prefix tuning, distillation), e.g. with "reference": "A chat between a curious human ... questions. USER:
         ..."."""
+        messages = self.caption_messages(image=image, audio=audio, prefix=prefix, prompt=prompt,
+                                         prompt_preset=prompt_preset, training=training)
+        return self.apply_chat_template(messages, add_generation_prompt=True)
+
+    def caption_messages(
+        self, image=False, audio=False, prefix: bool = False, prompt: str | None = None,
+        prompt_preset: str | None = None, training: bool = False, caption: str | None = None,
+    ) -> list[dict]:
+        """The conversation behind [`caption_prompt`]; with `caption`, followed by that answer (a training row).
+
+        `image` and `audio` are booleans, or the image / the audio (an array at the feature extractor's rate, or a
+        path) to put in the content, for `apply_chat_template(..., tokenize=True)`."""
         preset = _check_preset(prompt_preset or self.prompt_preset)
         system = PROMPT_PRESETS[preset]["training" if training else "inference"]
-        content = [{"type": kind} for kind, used in (("image", image), ("audio", audio), ("prefix", prefix)) if used]
+        content = []
+        for kind, value in (("image", image), ("audio", audio)):
+            if value is True:
+                content.append({"type": kind})
+            elif value is not None and value is not False:
+                content.append({"type": kind, kind: value})
+        if prefix:
+            content.append({"type": "prefix"})
         content.append({"type": "text", "text": prompt or self.default_prompt})
         messages = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": content})
-        return self.apply_chat_template(messages, add_generation_prompt=True)
+        if caption is not None:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": caption}]})
+        return messages
 
 
 def _check_preset(preset: str) -> str:
     if preset not in PROMPT_PRESETS:
         raise ValueError(f"prompt_preset must be one of {sorted(PROMPT_PRESETS)}, got {preset!r}")
     return preset
+
+
+def _merge_replacement_records(prefix_records: list[dict], media_records: list[dict]) -> list[dict]:
+    """One sample's replacement records in text order, all with `span` in the original text and `new_span` in the
+    fully expanded one, from the prefix's (original -> prefix-expanded) and the media's (prefix-expanded -> final)."""
+    events = sorted([(r["new_span"][0], 0, r) for r in prefix_records] + [(r["span"][0], 1, r) for r in media_records],
+                    key=lambda event: event[:2])
+    merged, prefix_gain, media_gain = [], 0, 0
+    for start, is_media, record in events:  # `start` is in the prefix-expanded text
+        gain = len(record["replacement"]) - len(record["text"])
+        if is_media:
+            original = start - prefix_gain
+            merged.append({**record, "span": (original, original + len(record["text"]))})
+            media_gain += gain
+        else:
+            new_start = start + media_gain
+            merged.append({**record, "new_span": (new_start, new_start + len(record["replacement"]))})
+            prefix_gain += gain
+    return merged
 
 
 def placeholder_token_ids(tokenizer) -> tuple[int, int]:

@@ -187,6 +187,26 @@ def test_convert_official_subcommand_from_llava_folder(release, llava_parts, tmp
     assert (tmp_path / "out" / SCORERS_NAME).is_file()
 
 
+def test_convert_official_from_a_llava_path_builds_the_processor(release, llava_parts, tmp_path):
+    """The Python API takes a LLaVA folder without a processor, as its docstring says and the CLI does: the model's
+    placeholder ids are those `LlavaAudioProcessor.from_llava` gives that folder."""
+    folder, config, reference, _, _, stage2 = release
+    llava, llava_processor = llava_parts
+    llava.save_pretrained(tmp_path / "llava")
+    llava_processor.save_pretrained(tmp_path / "llava")
+    model = convert_official(
+        folder / "audio_backbone.pth", tmp_path / "llava", projector=folder / "prefixMLP.bin", audio_config=config
+    )
+    expected = _cav_processor(llava_processor, config)
+    assert (model.config.audio_token_id, model.config.prefix_token_id) == (
+        expected.audio_token_id, expected.prefix_token_id
+    )
+    assert torch.equal(model.model.prefix_embeddings, stage2["model.audio_tower.prefix"])
+    features = torch.randn(2, 64, 32, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        assert (model.get_audio_tokens(features) - reference.proj(reference(features))).abs().max() < 1e-6
+
+
 def test_conversion_lists_skipped_keys_and_takes_separate_stage_files(release, llava_parts):
     folder, config, reference, backbone, scorers, stage2 = release
     weights = split_official_state_dict(load_official_state_dict(folder / "audio_backbone.pth"), config)

@@ -128,8 +128,8 @@ def test_placeholder_count_mismatch_is_a_clear_error(ast_captioner):
 
 def test_processor_errors(ast_captioner):
     _, processor = ast_captioner
-    with pytest.raises(ValueError, match="sampling_rate"):
-        processor(text=processor.caption_prompt(audio=True), audio=random_clip(0))
+    with pytest.raises(ValueError, match="sampling rate of 16000.*and not 8000"):  # a rate that cannot be right
+        processor(text=processor.caption_prompt(audio=True), audio=random_clip(0), sampling_rate=8000)
     with pytest.raises(ValueError, match="no audio inputs were passed"):
         processor(text=processor.caption_prompt(audio=True))
     with pytest.raises(ValueError, match="needs `text`"):

@@ -207,3 +207,70 @@ def test_captioner_generates_saves_and_loads_as_remote_code(cav_captioner, tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
     assert "CavMaeAudioModel CavMaeFeatureExtractor" in result.stdout
     assert torch.equal(torch.load(out), expected)
+
+
+RESAVE_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    import numpy as np
+    from transformers import AutoModel, AutoProcessor, pipeline
+    source, copy = sys.argv[1], Path(sys.argv[2])
+    model = AutoModel.from_pretrained(source, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(source, trust_remote_code=True)
+    assert "dali_hf" not in type(model).__module__, type(model).__module__
+    model.save_pretrained(copy)
+    processor.save_pretrained(copy)
+    print(sorted(p.name for p in copy.glob("*.py")))
+    reloaded = AutoModel.from_pretrained(copy, trust_remote_code=True)
+    captioner = pipeline(model=str(copy), trust_remote_code=True)
+    clip = (0.1 * np.random.default_rng(3).standard_normal(8000)).astype(np.float32)
+    print(type(reloaded).__name__, type(captioner).__name__, captioner(clip, sampling_rate=16000, max_new_tokens=2))
+    """
+)
+
+
+@pytest.mark.slow  # a fresh Python without dali_hf
+def test_remote_code_model_saves_a_complete_folder(ast_captioner, tmp_path):
+    """A model loaded through trust_remote_code (no dali_hf) saves a folder whose model and pipeline load the same
+    way: the pipeline's code travels with the model's."""
+    model, processor = ast_captioner
+    folder = tmp_path / "dali"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    result = run_without_dali_hf(RESAVE_SCRIPT, folder, tmp_path / "copy", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    files, loaded = result.stdout.strip().splitlines()[-2:]
+    assert files == str(sorted(p.name for p in folder.glob("*.py")))
+    assert loaded.startswith("LlavaAudioForConditionalGeneration AudioCaptioningPipeline [{'caption':")
+
+
+def test_a_save_that_cannot_find_the_pipeline_code_writes_nothing(ast_captioner, tmp_path, monkeypatch):
+    import dali_hf.modeling.pipeline_audio_captioning as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "__file__", str(tmp_path / "gone" / "pipeline_audio_captioning.py"))
+    with pytest.raises(FileNotFoundError, match=r"pipeline code .*gone.*is missing \(nothing was written\)"):
+        ast_captioner[0].save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_any_to_any_pipeline_takes_audio_without_a_rate(ast_captioner, tmp_path, caplog):
+    """transformers' any-to-any pipeline decodes at the feature extractor's rate and passes no sampling_rate: the
+    processor warns and takes that rate, as transformers' feature extractors do."""
+    from transformers import pipeline
+
+    model, processor = ast_captioner
+    folder = tmp_path / "dali"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    prompt, clip = processor.caption_prompt(audio=True, prefix=True), random_clip(4)
+    inputs = processor(text=prompt, audio=clip, sampling_rate=16000, return_tensors="pt")
+    expected = model.generate(**inputs, **GREEDY)[0, inputs["input_ids"].shape[1]:].tolist()
+    silent = processor(text=prompt, audio=0 * clip, sampling_rate=16000, return_tensors="pt")
+    assert model.generate(**silent, **GREEDY)[0, inputs["input_ids"].shape[1]:].tolist() != expected  # not void
+
+    chat = pipeline("any-to-any", model=str(folder))
+    with caplog.at_level("WARNING"):
+        output = chat(text=prompt, audio=clip, generate_kwargs=GREEDY, return_tensors=True)
+    assert list(map(int, output[0]["generated_token_ids"]))[-len(expected):] == expected
+    assert "No sampling_rate given with the audio: it is taken to be the feature extractor's 16000 Hz" in caplog.text

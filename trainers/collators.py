@@ -5,7 +5,7 @@ import torch
 
 from ..modeling.media import load_image, prepare_audio
 
-__all__ = ["AlignmentCollator", "CaptionCollator", "FeatureAugmentation"]
+__all__ = ["AlignmentCollator", "CaptionCollator", "FeatureAugmentation", "assistant_labelled_batch"]
 
 
 class AlignmentCollator:
@@ -75,8 +75,8 @@ class CaptionCollator:
     """(inputs, caption) rows -> a language-modelling batch: the chat prompt for the chosen inputs, then the caption
     and EOS as the only labelled tokens (the prompt, the placeholders and the padding are -100).
 
-    Prompt and caption are tokenised apart and joined as ids (as TRL does), so the label boundary never depends on
-    how the tokenizer would merge them; rows are padded on the right. The system text is the training one of
+    Each row is a conversation (`LlavaAudioProcessor.caption_messages`) ending with the caption, labelled by
+    [`assistant_labelled_batch`]; rows are padded on the right. The system text is the training one of
     `prompt_preset` (default: the processor's), see `LlavaAudioProcessor.caption_prompt`.
     """
 
@@ -85,31 +85,33 @@ class CaptionCollator:
         if not (image or audio):
             raise ValueError("CaptionCollator needs image=True and/or audio=True")
         self.processor, self.image, self.audio = processor, image, audio
-        self.prompt = processor.caption_prompt(image=image, audio=audio, prefix=prefix, prompt=prompt,
-                                               prompt_preset=prompt_preset, training=True)
+        self.prompt_options = dict(prefix=prefix, prompt=prompt, prompt_preset=prompt_preset, training=True)
+        processor.caption_prompt(image=image, audio=audio, **self.prompt_options)  # a wrong preset fails here
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        processor, tokenizer = self.processor, self.processor.tokenizer
-        kwargs = {}
-        if self.image:
-            kwargs["images"] = [load_image(ex["image"], name=f"image of item {ex.get('id', i)!r}")
-                                for i, ex in enumerate(examples)]
-        if self.audio:
-            rate = processor.feature_extractor.sampling_rate
-            kwargs["audio"] = [prepare_audio(ex["audio"], rate, name=f"audio of item {ex.get('id', i)!r}")
-                               for i, ex in enumerate(examples)]
-            kwargs["sampling_rate"] = rate
-        batch = processor(text=[self.prompt] * len(examples), padding_side="right", return_tensors="pt", **kwargs)
-        rows, labels = [], []
-        for ids, mask, ex in zip(batch["input_ids"], batch["attention_mask"], examples, strict=True):
-            prompt_ids = ids[mask.bool()].tolist()
-            caption_ids = tokenizer(ex["caption"].strip(), add_special_tokens=False)["input_ids"]
-            caption_ids = caption_ids + [tokenizer.eos_token_id]
-            rows.append(prompt_ids + caption_ids)
-            labels.append([-100] * len(prompt_ids) + caption_ids)
-        length = max(map(len, rows))
-        pad = tokenizer.pad_token_id
-        batch["input_ids"] = torch.tensor([r + [pad] * (length - len(r)) for r in rows])
-        batch["attention_mask"] = torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows])
-        batch["labels"] = torch.tensor([lab + [-100] * (length - len(lab)) for lab in labels])
-        return dict(batch)
+        rate = self.processor.feature_extractor.sampling_rate
+        conversations = []
+        for i, ex in enumerate(examples):
+            name = ex.get("id", i)
+            image = self.image and load_image(ex["image"], name=f"image of item {name!r}")
+            audio = self.audio and prepare_audio(ex["audio"], rate, name=f"audio of item {name!r}")
+            conversations.append(self.processor.caption_messages(
+                image=image, audio=audio, caption=ex["caption"].strip(), **self.prompt_options))
+        return assistant_labelled_batch(self.processor, conversations)
+
+
+def assistant_labelled_batch(processor, conversations: list[list[dict]], chat_template: str | None = None) -> dict:
+    """Model inputs for conversations that end with the answer, padded on the right, with `labels` on the tokens
+    that the chat template marks as the assistant's (`{% generation %}`: the answer and its </s>) and -100 on the
+    rest (system text, user turn, placeholders, padding): the loss of TRL's `assistant_only_loss`, through
+    transformers' `apply_chat_template(..., return_assistant_tokens_mask=True)`. The one way the project's training
+    batches get their labels."""
+    batch = processor.apply_chat_template(
+        conversations, chat_template=chat_template, tokenize=True, return_dict=True, return_tensors="pt",
+        return_assistant_tokens_mask=True, processor_kwargs={"padding": True, "padding_side": "right"},
+    )
+    assistant = batch.pop("assistant_masks").bool()
+    if not assistant.any(dim=1).all():
+        raise ValueError("A conversation has no answer to train on: end each one with an assistant message.")
+    batch["labels"] = batch["input_ids"].masked_fill(~assistant, -100)
+    return dict(batch)

@@ -239,17 +239,12 @@ def train_captioner(llava, llava_processor, world: ToyWorld, size: ExperimentSiz
     scenes = world.scenes(size.captioner_scenes, "train", require_sound=False)
     rng = np.random.default_rng(seed)
     tokenizer = llava_processor.tokenizer
-    pixel_values = llava_processor.image_processor([world.image(s) for s in scenes],
-                                                   return_tensors="pt")["pixel_values"]
+    images = [world.image(s) for s in scenes]
     examples = []
     for index, scene in enumerate(scenes):
         for question, answer in ((IMAGE_QUESTION, world.image_caption(scene, rng)),
                                  (SOUND_QUESTION, world.sound_caption([k for k in scene.visible if k.sound], rng))):
             examples.append((index, question, answer))
-    # prompt ids with the <image> placeholder expanded to the image token count, as the processor does
-    prompts = {q: llava_processor(text=[_llava_prompt(q, llava_processor)], images=[world.image(scenes[0])],
-                                  return_tensors="pt")["input_ids"][0].tolist()
-               for q in (IMAGE_QUESTION, SOUND_QUESTION)}
     optimizer = torch.optim.AdamW(llava.parameters(), lr=2e-3, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=size.captioner_steps,
                                                    pct_start=0.05)
@@ -257,8 +252,8 @@ def train_captioner(llava, llava_processor, world: ToyWorld, size: ExperimentSiz
     generator = torch.Generator().manual_seed(seed)
     for _ in range(size.captioner_steps):
         batch = [examples[i] for i in torch.randint(len(examples), (64,), generator=generator).tolist()]
-        inputs = _lm_batch([(prompts[q], a) for _, q, a in batch], tokenizer)
-        loss = llava(pixel_values=pixel_values[[i for i, _, _ in batch]], **inputs).loss
+        inputs = _lm_batch([(images[i], q, a) for i, q, a in batch], llava_processor)
+        loss = llava(**inputs).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(llava.parameters(), 1.0)
         optimizer.step()
@@ -280,18 +275,16 @@ def _llava_prompt(question: str, llava_processor) -> str:
     return f"USER: {llava_processor.image_token}\n{question} ASSISTANT:"
 
 
-def _lm_batch(pairs, tokenizer) -> dict:
-    """Right-padded ids with labels on the answer (+ EOS) only, from (prompt ids, answer text) pairs."""
-    rows, labels = [], []
-    for prompt_ids, answer in pairs:
-        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        rows.append(prompt_ids + answer_ids)
-        labels.append([-100] * len(prompt_ids) + answer_ids)
-    length = max(map(len, rows))
-    pad = tokenizer.pad_token_id
-    return {"input_ids": torch.tensor([r + [pad] * (length - len(r)) for r in rows]),
-            "attention_mask": torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows]),
-            "labels": torch.tensor([lab + [-100] * (length - len(lab)) for lab in labels])}
+def _lm_batch(rows, llava_processor) -> dict:
+    """Right-padded LLaVA inputs labelled on the answer (+ EOS) only, from (image, question, answer) rows, by the
+    training collators' labelling (LLaVA's prompt is the image-only case of the captioner's chat template)."""
+    from ..modeling import CHAT_TEMPLATE
+    from ..trainers.collators import assistant_labelled_batch
+
+    conversations = [[{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": q}]},
+                      {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+                     for image, q, answer in rows]
+    return assistant_labelled_batch(llava_processor, conversations, chat_template=CHAT_TEMPLATE)
 
 
 # ---- stages 1a, 1b, 2 with the project's trainers --------------------------------------------------------------
