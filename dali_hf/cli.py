@@ -17,7 +17,21 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: ...)" after each help text, except where the help already says its default, or where
+    there is nothing to say (no default, a flag that is off unless given)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "(default" in text or (any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS)) or action.default == []) or action.option_strings == [] \
+                or isinstance(action, (argparse._StoreTrueAction, argparse._VersionAction, argparse._HelpAction)):
+            return text
+        return super()._get_help_string(action)
+
+
+HELP_FORMAT = HelpFormatter
 PRESETS = ("greedy", "paper")  # the decoding presets of pipeline("audio-captioning") (PRESETS there)
 METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider_d", "spice", "spider")
 # The subcommands are the stages' names (`dali_hf.trainers.stages.STAGES`, checked by the tests): written out here so
@@ -150,6 +164,7 @@ def _run_training_stage(name: str, argv: list[str]) -> None:
     if {"-h", "--help"} & set(argv):
         parser.parse_args(["--help"])
     args, extra = options.parse_known_args(argv)
+    check_model(args.model)
     if args.config:
         if extra:
             parser.error(f"with --config, set the stage's fields in the file, not as flags: {' '.join(extra)}")
@@ -199,6 +214,8 @@ def _add_convert(subparsers) -> None:
 
 
 def _run_convert(argv: list[str]) -> None:
+    if not {"-h", "--help"} & set(argv):
+        _check_convert_files(argv)
     from .convert import add_convert_subcommand
 
     parser = argparse.ArgumentParser(prog="dali-hf", formatter_class=HELP_FORMAT)
@@ -206,6 +223,21 @@ def _run_convert(argv: list[str]) -> None:
     args = parser.parse_args(["convert-official", *argv])
     _register()
     args.func(args)
+
+
+def _check_convert_files(argv: list[str]) -> None:
+    """The release's files that convert-official reads exist, checked before torch is imported."""
+    files = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for flag in ("--audio-backbone", "--projector", "--prefix", "--audio-config", "--output-dir"):
+        files.add_argument(flag)
+    given, _ = files.parse_known_args(argv)
+    for flag in ("--audio-backbone", "--projector", "--prefix", "--audio-config"):
+        path = getattr(given, flag[2:].replace("-", "_"))
+        if path is not None and not os.path.isfile(path):
+            raise SystemExit(f"error: {flag} {path}: " + ("a folder, not the file: pass the file inside it"
+                                                          if os.path.isdir(path) else "no such file"))
+    if given.output_dir and os.path.isfile(given.output_dir):
+        raise SystemExit(f"error: --output-dir {given.output_dir} is a file: pass a folder to write the model to")
 
 
 # ---- the other subcommands ---------------------------------------------------------------------------------
@@ -432,24 +464,39 @@ def _add_train(subparsers) -> None:
 
 
 def _run_train(args) -> None:
-    if not os.path.isfile(args.config):
-        raise SystemExit(f"error: recipe file not found: {args.config}")
+    config = _read_recipe(args.config)
+    from .model_folder import check_model_folder
     from .recipe import check_recipe, run_recipe
 
-    if args.config.endswith((".yaml", ".yml")):
-        import yaml
-
-        with open(args.config, encoding="utf-8") as handle:
-            config = yaml.safe_load(handle)
-    else:
-        with open(args.config, encoding="utf-8") as handle:
-            config = json.load(handle)
     try:
         check_recipe(config)
+        check_model_folder(config["model"], name=f"{args.config}: model")
     except ValueError as error:
-        raise SystemExit(f"error: {args.config}: {error}") from None
+        raise SystemExit(f"error: {args.config}: {error}" if not str(error).startswith(args.config)
+                         else f"error: {error}") from None
     _register()
     print(f"final captioner: {run_recipe(config)}")
+
+
+def _read_recipe(path: str):
+    """The recipe file's content (JSON, or YAML for .yaml / .yml), or a one-line error saying where it is broken."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: recipe file not found: {path}" + (" (this is a folder)" if os.path.isdir(path)
+                                                                     else ""))
+    import yaml
+
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    try:
+        return yaml.safe_load(text) if path.endswith((".yaml", ".yml")) else json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"error: {path} is not valid JSON: {error.msg} at line {error.lineno}, column "
+                         f"{error.colno}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise SystemExit(f"error: {path} is not valid YAML: {problem}{where}") from None
 
 
 def _register() -> None:
@@ -490,14 +537,73 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     rest = argv[argv.index(args.command) + 1:]
-    if args.command in TRAINING_STAGES:
-        _run_training_stage(args.command, rest)
-    elif args.command == "convert-official":
-        _run_convert(rest)
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    else:
-        args.func(args)
+    try:
+        if args.command in TRAINING_STAGES:
+            _run_training_stage(args.command, rest)
+        elif args.command == "convert-official":
+            _run_convert(rest)
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        else:
+            if getattr(args, "model", None) is not None:  # caption, pseudo-caption, evaluate: they load it
+                check_model(args.model)
+                _register()
+            args.func(args)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {_after_interrupt(args, rest)}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except ValueError as error:
+        from .errors import InputError
+
+        if not isinstance(error, InputError):
+            raise
+        raise SystemExit(f"error: {error}") from None
+
+
+def check_model(path: str) -> None:
+    """A `--model` that is not a saved LlavaAudio captioner is a one-line error (`dali_hf.model_folder`), before any
+    loading; every command that takes `--model` calls this."""
+    from .model_folder import check_model_folder
+
+    check_model_folder(path)
+
+
+def _after_interrupt(args, rest: list[str]) -> str:
+    """What an interrupted command left, and how to go on."""
+    command = args.command
+    if command in TRAINING_STAGES:
+        output = _flag_value(rest, "--output_dir") or "its --output_dir"
+        return (f"the checkpoints saved so far are in {output}; run the same command again to resume from the last "
+                "one (a checkpoint every --save_steps)")
+    if command == "train":
+        try:
+            output = _read_recipe(args.config)["output_dir"]
+        except (SystemExit, KeyError, TypeError):
+            output = "the recipe's output_dir"
+        return (f"finished stages and the interrupted stage's checkpoints are in {output}; run the same command again: "
+                "finished stages are skipped and the interrupted one resumes")
+    if command == "pseudo-caption":
+        return (f"the pseudo-captions made so far are kept in {args.output_dir}; run the same command again to go on "
+                "where it stopped")
+    if command == "caption":
+        return (f"{args.output} holds the files captioned so far, one line each; run the command again to caption "
+                "them all (it starts over)")
+    if command == "evaluate":
+        return (f"nothing was scored; {args.output_dir} holds at most part of the captions; run the command again "
+                "(it starts over)")
+    if command == "convert-official":
+        output = _flag_value(rest, "--output-dir") or "the --output-dir"
+        return f"{output} may be incomplete: delete it and run the command again"
+    return "nothing was committed to the Hub (an upload is one commit, all or nothing); run the command again"
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    for index, item in enumerate(argv):
+        if item == flag and index + 1 < len(argv):
+            return argv[index + 1]
+        if item.startswith(flag + "="):
+            return item.split("=", 1)[1]
+    return None
 
 
 if __name__ == "__main__":
