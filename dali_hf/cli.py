@@ -545,6 +545,8 @@ def main(argv: list[str] | None = None) -> None:
         elif extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         else:
+            if args.command == "caption" and args.mode == "audiovisual":
+                _check_audiovisual_inputs(args.inputs)
             if getattr(args, "model", None) is not None:  # caption, pseudo-caption, evaluate: they load it
                 check_model(args.model)
                 _register()
@@ -566,6 +568,25 @@ def check_model(path: str) -> None:
     from .model_folder import check_model_folder
 
     check_model_folder(path)
+
+
+def _check_audiovisual_inputs(inputs: list[str]) -> None:
+    """`caption --mode audiovisual` takes its image from each video: audio files alone are an error, audio files
+    among videos a warning (they are reported as failed)."""
+    from .captioning import find_media
+    from .modeling.media import MEDIA_EXTENSIONS, is_video
+
+    files = find_media(inputs, MEDIA_EXTENSIONS)
+    audio = [path for path in files if not is_video(path)]
+    if not audio:
+        return
+    named = ", ".join(audio[:3]) + (f" and {len(audio) - 3} more" if len(audio) > 3 else "")
+    if len(audio) == len(files):
+        raise SystemExit(f"error: --mode audiovisual captions videos (their sound and a frame), and {named} "
+                         f"{'is not a video' if len(audio) == 1 else 'are not videos'}: caption audio files with "
+                         "--mode audio")
+    print(f"warning: --mode audiovisual needs a video's frame: {named} will fail (caption audio files with "
+          "--mode audio)", file=sys.stderr)
 
 
 def _after_interrupt(args, rest: list[str]) -> str:
