@@ -164,7 +164,6 @@ def _run_training_stage(name: str, argv: list[str]) -> None:
     if {"-h", "--help"} & set(argv):
         parser.parse_args(["--help"])
     args, extra = options.parse_known_args(argv)
-    check_model(args.model)
     if args.config:
         if extra:
             parser.error(f"with --config, set the stage's fields in the file, not as flags: {' '.join(extra)}")
@@ -174,6 +173,7 @@ def _run_training_stage(name: str, argv: list[str]) -> None:
         config, args, unused = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
         if unused:
             parser.error(f"unrecognized arguments: {' '.join(unused)}")
+    check_model(args.model)
     _register()
     train = _stream(args, config) if getattr(args, "stream", False) else datasets.load_from_disk(args.data)
     if name == "distill":
