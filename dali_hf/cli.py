@@ -435,7 +435,9 @@ def _add_push(subparsers) -> None:
 
 def _run_push(args) -> None:
     from .hub import UploadError, push
+    from .model_folder import check_model_folder
 
+    check_model_folder(args.folder, name="")  # nothing truncated or foreign goes up
     results = {}
     for name, path in args.eval_results:
         try:
@@ -547,6 +549,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             if args.command == "caption" and args.mode == "audiovisual":
                 _check_audiovisual_inputs(args.inputs)
+            if args.command == "pseudo-caption" and not os.path.isdir(args.data):
+                raise SystemExit(f"error: --data {args.data}: " + ("a file" if os.path.isfile(args.data) else
+                                 "no such folder") + ": pass a folder written by datasets' Dataset.save_to_disk")
             if getattr(args, "model", None) is not None:  # caption, pseudo-caption, evaluate: they load it
                 check_model(args.model)
                 _register()

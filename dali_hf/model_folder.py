@@ -31,8 +31,9 @@ def check_model_folder(path, name: str = "--model") -> None:
     `name` is how the message calls the input (the flag, or the recipe's entry)."""
     text = os.fspath(path)
     folder = Path(text).expanduser()
+    name = f"{name} " if name else ""
     if folder.is_file():
-        raise ModelFolderError(f"{name} {text} is a file, not a model folder: pass the folder of a saved LlavaAudio "
+        raise ModelFolderError(f"{name}{text} is a file, not a model folder: pass the folder of a saved LlavaAudio "
                                "captioner (config.json, model.safetensors and the processor's files)")
     if folder.is_dir():
         _check_config(folder / "config.json", text, name)
@@ -40,7 +41,7 @@ def check_model_folder(path, name: str = "--model") -> None:
         _check_processor(folder, text, name)
         return
     if not _looks_like_hub_id(text):
-        raise ModelFolderError(f"{name} {text}: no such folder: pass the folder of a saved LlavaAudio captioner, "
+        raise ModelFolderError(f"{name}{text}: no such folder: pass the folder of a saved LlavaAudio captioner, "
                                "or a Hub id (org/name)")
     _check_config(_hub_config(text, name), text, name)
 
@@ -67,28 +68,28 @@ def _hub_config(repo_id: str, name: str) -> Path:
         reason = "the Hub model has no config.json"
     except Exception as error:  # network failures of every kind: one line, not a traceback
         reason = f"the Hub could not give its config.json ({type(error).__name__}: {error})"
-    raise ModelFolderError(f"{name} {repo_id}: no such folder, and as a Hub id: {reason}")
+    raise ModelFolderError(f"{name}{repo_id}: no such folder, and as a Hub id: {reason}")
 
 
 def _check_config(config_file: Path, text: str, name: str) -> None:
     if not config_file.is_file():
         empty = not any(config_file.parent.iterdir())
         raise ModelFolderError(
-            f"{name} {text} {'is an empty folder' if empty else 'has no config.json'}: not a saved model; pass the "
+            f"{name}{text} {'is an empty folder' if empty else 'has no config.json'}: not a saved model; pass the "
             f"folder a captioner was saved to ({SAVE_HINT})")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as error:
-        raise ModelFolderError(f"{name} {text}: its config.json is not valid JSON ({error}): save the model again "
+        raise ModelFolderError(f"{name}{text}: its config.json is not valid JSON ({error}): save the model again "
                                f"({SAVE_HINT})") from None
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type == "llava":
         raise ModelFolderError(
-            f"{name} {text} is a plain LLaVA (model_type 'llava'), not a LlavaAudio captioner: build one from it with "
+            f"{name}{text} is a plain LLaVA (model_type 'llava'), not a LlavaAudio captioner: build one from it with "
             "LlavaAudioForConditionalGeneration.from_llava and LlavaAudioProcessor.from_llava, or `dali-hf "
             "convert-official --llava ...` for the DALI release")
     if model_type != CAPTIONER_TYPE:
-        raise ModelFolderError(f"{name} {text} is a {model_type or 'model without a model_type'!s} model, not a "
+        raise ModelFolderError(f"{name}{text} is a {model_type or 'model without a model_type'!s} model, not a "
                                f"LlavaAudio captioner (model_type '{CAPTIONER_TYPE}'): pass a DALI captioner's folder")
 
 
@@ -98,23 +99,23 @@ def _check_weights(folder: Path, text: str, name: str) -> None:
         try:
             shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise ModelFolderError(f"{name} {text}: model.safetensors.index.json is not a safetensors index: save "
+            raise ModelFolderError(f"{name}{text}: model.safetensors.index.json is not a safetensors index: save "
                                    f"the model again ({SAVE_HINT})") from None
     elif (folder / "model.safetensors").is_file():
         shards = ["model.safetensors"]
     else:
         other = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pth"))
         found = f" (it has {', '.join(other)}: not the safetensors a saved captioner has)" if other else ""
-        raise ModelFolderError(f"{name} {text} has no weights (model.safetensors){found}: save the model into it "
+        raise ModelFolderError(f"{name}{text} has no weights (model.safetensors){found}: save the model into it "
                                f"with {SAVE_HINT}")
     missing = [shard for shard in shards if not (folder / shard).is_file()]
     if missing:
-        raise ModelFolderError(f"{name} {text} lacks weight file(s) {', '.join(missing)} named in its "
+        raise ModelFolderError(f"{name}{text} lacks weight file(s) {', '.join(missing)} named in its "
                                "model.safetensors.index.json: copy or download the folder again")
     for shard in shards:
         problem = safetensors_problem(folder / shard)
         if problem:
-            raise ModelFolderError(f"{name} {text}: {shard} {problem}: copy, download or save it again")
+            raise ModelFolderError(f"{name}{text}: {shard} {problem}: copy, download or save it again")
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -145,5 +146,5 @@ def _check_processor(folder: Path, text: str, name: str) -> None:
     if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer.model").is_file():
         missing.append("tokenizer.json")
     if missing:
-        raise ModelFolderError(f"{name} {text} lacks the processor's files ({', '.join(missing)}): save the "
+        raise ModelFolderError(f"{name}{text} lacks the processor's files ({', '.join(missing)}): save the "
                                "processor into it with processor.save_pretrained(folder) (LlavaAudioProcessor)")

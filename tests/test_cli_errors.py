@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from dali_hf.modeling.media import AudioInputError, AudioSource, frame_at
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -28,7 +29,6 @@ from dali_hf import cli, recipe
 from dali_hf.evaluation import BenchmarkFileError, read_audiocaps, read_clotho
 from dali_hf.hub import UploadError, upload_files
 from dali_hf.model_folder import ModelFolderError, check_model_folder
-from dali_hf.modeling.media import AudioInputError, AudioSource, frame_at
 from dali_hf.testing import pairs_dataset, saved_captioner
 
 DALI_HF = str(Path(sys.executable).with_name("dali-hf"))
@@ -163,6 +163,23 @@ def test_benchmark_csv_in_the_other_format_says_which(tmp_path):
         read_clotho(str(audiocaps), str(tmp_path))
 
 
+def test_command_errors_after_the_model_check_are_one_line(tmp_path):
+    """What `main` reports once --model passed its check: a benchmark csv in the other format (read before the
+    model loads), audio files given to --mode audiovisual (found before it loads)."""
+    model = captioner_like(tmp_path / "model")
+    (tmp_path / "clotho.csv").write_text("file_name,caption_1\nclip.wav,a tone\n")
+    with pytest.raises(SystemExit, match=r"^error: .*clotho.csv: missing column\(s\) audiocap_id, youtube_id, "
+                                         r"start_time, caption \(its columns: file_name, caption_1\): it looks like "
+                                         r"a clotho csv: pass --format clotho \(or leave --format out\)$"):
+        cli.main(["evaluate", "--model", str(model), "--data", str(tmp_path / "clotho.csv"), "--format", "audiocaps",
+                  "--audio-dir", str(tmp_path), "--output-dir", str(tmp_path / "eval")])
+    assert not (tmp_path / "eval").exists()
+    soundfile.write(tmp_path / "clip.wav", tone(), RATE)
+    with pytest.raises(SystemExit, match=r"^error: --mode audiovisual captions videos \(their sound and a frame\), "
+                                         r"and .*clip.wav is not a video: caption audio files with --mode audio$"):
+        cli.main(["caption", str(tmp_path / "clip.wav"), "--mode", "audiovisual", "--model", str(model)])
+
+
 def test_push_of_a_missing_folder_says_so(tmp_path):
     with pytest.raises(UploadError, match=r"nothere: no such folder: pass the folder a LlavaAudio captioner was "):
         upload_files(tmp_path / "nothere")
@@ -227,7 +244,7 @@ def test_the_command_reports_bad_input_in_one_line(bad_models, tmp_path):
     traceback, before torch is imported (so each answer takes well under a second)."""
     root, cases = bad_models
     commands = {"caption": ["caption", "clip.wav", "--output", tmp_path / "c.jsonl"],
-                "pseudo-caption": ["pseudo-caption", "--data", "d", "--output-dir", tmp_path / "p"],
+                "pseudo-caption": ["pseudo-caption", "--data", ".", "--output-dir", tmp_path / "p"],
                 "evaluate": ["evaluate", "--data", "clip.wav", "--format", "clotho", "--audio-dir", ".",
                              "--output-dir", tmp_path / "e"]}
     for case, (model, message) in cases.items():
@@ -237,17 +254,20 @@ def test_the_command_reports_bad_input_in_one_line(bad_models, tmp_path):
             assert result.stderr.startswith(f"error: --model {model}"), (case, command, result.stderr)
             assert message in result.stderr and result.stderr.count("\n") == 1, (case, command, result.stderr)
     (tmp_path / "r.yaml").write_text("model: m\noutput_dir: o\nprefix-tune: {data: [x\nalign: {}\n")
+    whole = captioner_like(tmp_path / "whole")
     checks = {
         ("train", "--config", tmp_path / "r.yaml"): "is not valid YAML: ",
         ("push", tmp_path / "nothere", "--repo-id", "org/name", "--dry-run"): "nothere: no such folder",
-        ("caption", "clip.wav", "--mode", "audiovisual", "--model", "llava"):
-            "--mode audiovisual captions videos (their sound and a frame), and clip.wav is not a video: caption "
-            "audio files with --mode audio",
+        ("push", "truncated", "--repo-id", "org/name", "--dry-run"): "error: truncated: model.safetensors is truncated",
+        ("convert-official", "--audio-backbone", "audio_backbone.pth", "--output-dir", tmp_path / "c"):
+            "error: --audio-backbone audio_backbone.pth: no such file",
+        ("pseudo-caption", "--model", whole, "--data", "nothere", "--output-dir", tmp_path / "p"):
+            "error: --data nothere: no such folder: pass a folder written by datasets' Dataset.save_to_disk",
     }
     for args, message in checks.items():
         result = run_cli(*args, cwd=root)
         assert result.returncode == 1 and message in result.stderr, (args, result.stderr[-2000:])
-        assert "Traceback" not in result.stderr
+        assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
 
 
 @pytest.mark.slow
@@ -268,9 +288,9 @@ def test_train_names_the_nearest_training_argument(tmp_path):
 @pytest.mark.slow
 def test_pseudo_caption_registers_what_it_loads(llava_parts, tmp_path):
     """`dali-hf pseudo-caption` loads the saved captioner without trust_remote_code, and equals the library call."""
-    from transformers import AutoModel, AutoProcessor
-
+    import datasets
     from dali_hf.trainers import generate_pseudo_captions
+    from transformers import AutoModel, AutoProcessor
 
     folder = saved_captioner(llava_parts, "whisper", tmp_path / "captioner")
     pairs = pairs_dataset(3)
@@ -281,8 +301,6 @@ def test_pseudo_caption_registers_what_it_loads(llava_parts, tmp_path):
     assert f"3 pseudo-captions in {tmp_path / 'out'}" in result.stdout
     expected = generate_pseudo_captions(AutoModel.from_pretrained(folder), AutoProcessor.from_pretrained(folder),
                                         pairs, tmp_path / "library", batch_size=2, max_new_tokens=3)
-    import datasets
-
     assert datasets.load_from_disk(tmp_path / "out" / "dataset")[:] == expected[:]
 
 
