@@ -141,7 +141,7 @@ def test_recipe_sections_are_checked_against_the_stages(tmp_path):
 
 # ---- convert-official, evaluate --format, push, help: argument errors before any model -------------------------
 
-def test_convert_official_names_a_missing_file_before_importing_torch(tmp_path):
+def test_convert_official_names_a_missing_file(tmp_path):
     (tmp_path / "audio_backbone.pth").write_bytes(b"")
     with pytest.raises(SystemExit, match=r"^error: --projector .*prefixMLP.bin: no such file$"):
         cli.main(["convert-official", "--audio-backbone", str(tmp_path / "audio_backbone.pth"), "--projector",
@@ -332,3 +332,5 @@ def test_ctrl_c_says_what_was_written_and_how_to_go_on(llava_parts, tmp_path):
     assert "Traceback" not in text
     assert text.rstrip().endswith(f"interrupted: {output} holds the files captioned so far, one line each; run the "
                                   "command again to caption them all (it starts over)")
+    rows = [json.loads(line) for line in output.read_text().splitlines()]  # whole lines, as said
+    assert len(rows) < 400 and all(row["file"].startswith(str(media)) for row in rows)
