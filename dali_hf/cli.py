@@ -437,7 +437,7 @@ def _run_push(args) -> None:
     from .hub import UploadError, push
     from .model_folder import check_model_folder
 
-    check_model_folder(args.folder, name="")  # nothing truncated or foreign goes up
+    check_model_folder(args.folder, name="", hub=False)  # a local folder; nothing truncated or foreign goes up
     results = {}
     for name, path in args.eval_results:
         try:

@@ -25,10 +25,10 @@ class ModelFolderError(InputError):
     """A `--model` that is not a loadable LlavaAudio captioner; the message names it and the fix."""
 
 
-def check_model_folder(path, name: str = "--model") -> None:
+def check_model_folder(path, name: str = "--model", hub: bool = True) -> None:
     """Raise `ModelFolderError` unless `path` is a folder holding a complete LlavaAudio captioner (config.json of
-    model_type "llava_audio", whole safetensors weights, the processor's files), or a Hub id whose config.json is one.
-    `name` is how the message calls the input (the flag, or the recipe's entry)."""
+    model_type "llava_audio", whole safetensors weights, the processor's files), or (with `hub`) a Hub id whose
+    config.json is one. `name` is how the message calls the input (the flag, or the recipe's entry)."""
     text = os.fspath(path)
     folder = Path(text).expanduser()
     name = f"{name} " if name else ""
@@ -40,9 +40,9 @@ def check_model_folder(path, name: str = "--model") -> None:
         _check_weights(folder, text, name)
         _check_processor(folder, text, name)
         return
-    if not _looks_like_hub_id(text):
-        raise ModelFolderError(f"{name}{text}: no such folder: pass the folder of a saved LlavaAudio captioner, "
-                               "or a Hub id (org/name)")
+    if not hub or not _looks_like_hub_id(text):
+        raise ModelFolderError(f"{name}{text}: no such folder: pass the folder of a saved LlavaAudio captioner"
+                               + (", or a Hub id (org/name)" if hub else ""))
     _check_config(_hub_config(text, name), text, name)
 
 

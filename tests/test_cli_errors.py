@@ -257,7 +257,8 @@ def test_the_command_reports_bad_input_in_one_line(bad_models, tmp_path):
     whole = captioner_like(tmp_path / "whole")
     checks = {
         ("train", "--config", tmp_path / "r.yaml"): "is not valid YAML: ",
-        ("push", tmp_path / "nothere", "--repo-id", "org/name", "--dry-run"): "nothere: no such folder",
+        ("push", "nothere", "--repo-id", "org/name", "--dry-run"):
+            "error: nothere: no such folder: pass the folder of a saved LlavaAudio captioner\n",
         ("push", "truncated", "--repo-id", "org/name", "--dry-run"): "error: truncated: model.safetensors is truncated",
         ("convert-official", "--audio-backbone", "audio_backbone.pth", "--output-dir", tmp_path / "c"):
             "error: --audio-backbone audio_backbone.pth: no such file",
