@@ -60,14 +60,16 @@ def check_recipe(config) -> None:
     unknown = sorted(set(config) - known)
     if unknown:
         raise ValueError(f"unknown recipe section(s) {unknown}: the sections are {sorted(known)}")
+    for section, allowed in SECTION_KEYS.items():
+        if not isinstance(config.get(section, {}), dict):
+            got = "nothing (leave the section out, or write {})" if config[section] is None else \
+                type(config[section]).__name__
+            raise ValueError(f"section {section!r} is a mapping of {', '.join(sorted(allowed))}, got {got}")
     missing = [key for key in ("model", "output_dir", "prefix-tune", "align") if key not in config]
     missing += [f"{key}.data" for key in ("prefix-tune", "align") if key in config and "data" not in config[key]]
     if missing:
         raise ValueError(f"the recipe lacks {', '.join(missing)}")
     for section, allowed in SECTION_KEYS.items():
-        if not isinstance(config.get(section, {}), dict):
-            raise ValueError(f"section {section!r} is a mapping of {', '.join(sorted(allowed))}, got "
-                             f"{type(config[section]).__name__}")
         for key in config.get(section, {}):
             if key not in allowed:
                 raise ValueError(f"unknown key {section}.{key}{_nearest(key, allowed)}: the keys of {section!r} are "

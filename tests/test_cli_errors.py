@@ -135,6 +135,9 @@ def test_recipe_sections_are_checked_against_the_stages(tmp_path):
         recipe.check_recipe({**base, "align": {"data": str(tmp_path / "missing")}})
     with pytest.raises(ValueError, match=r"unknown key pseudo-caption.batchsize \(did you mean 'batch_size'\?\)"):
         recipe.check_recipe({**base, "pseudo-caption": {"batchsize": 4}})
+    with pytest.raises(ValueError, match=r"section 'distill' is a mapping of args, got nothing \(leave the section "
+                                         r"out, or write \{\}\)"):
+        recipe.check_recipe({**base, "distill": None})  # YAML's "distill:" alone
     recipe.check_recipe({**base, "align": {"data": str(data), "args": {"objective": "ot", "num_train_epochs": 2}},
                          "pseudo-caption": {"batch_size": 2, "generate": {}}, "distill": {"args": {}}})
 
