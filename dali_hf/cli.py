@@ -18,15 +18,14 @@ from pathlib import Path
 __all__ = ["main"]
 
 
-
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """argparse's "(default: ...)" after each help text, except where the help already says its default, or where
-    there is nothing to say (no default, a flag that is off unless given)."""
+    """argparse's "(default: ...)" after each option's help, except where the help already says its default, or where
+    there is nothing to say (no default, an empty list, a flag that is off unless given)."""
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "(default" in text or (any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS)) or action.default == []) or action.option_strings == [] \
-                or isinstance(action, (argparse._StoreTrueAction, argparse._VersionAction, argparse._HelpAction)):
+        nothing = any(action.default is value for value in (None, False, argparse.SUPPRESS)) or action.default == []
+        if "(default" in text or nothing or not action.option_strings:
             return text
         return super()._get_help_string(action)
 
