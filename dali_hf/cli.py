@@ -551,6 +551,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.command == "pseudo-caption" and not os.path.isdir(args.data):
                 raise SystemExit(f"error: --data {args.data}: " + ("a file" if os.path.isfile(args.data) else
                                  "no such folder") + ": pass a folder written by datasets' Dataset.save_to_disk")
+            if args.command == "evaluate":
+                _check_evaluate_data(args.data, args.format, args.audio_dir)
             if getattr(args, "model", None) is not None:  # caption, pseudo-caption, evaluate: they load it
                 check_model(args.model)
                 _register()
@@ -591,6 +593,21 @@ def _check_audiovisual_inputs(inputs: list[str]) -> None:
                          "--mode audio")
     print(f"warning: --mode audiovisual needs a video's frame: {named} will fail (caption audio files with "
           "--mode audio)", file=sys.stderr)
+
+
+def _check_evaluate_data(data: str, kind: str | None, audio_dir: str | None) -> None:
+    """evaluate's --data is a csv file for the csv formats and a save_to_disk folder for hf; --audio-dir a folder."""
+    if not os.path.exists(data):
+        raise SystemExit(f"error: --data {data}: no such file or folder")
+    if kind == "hf" and os.path.isfile(data):
+        raise SystemExit(f"error: --data {data} is a file, and --format hf reads a folder written by datasets' "
+                         "Dataset.save_to_disk: for a csv pass --format audiocaps or clotho, or leave --format out")
+    if kind in ("audiocaps", "clotho") and os.path.isdir(data):
+        raise SystemExit(f"error: --data {data} is a folder, and --format {kind} reads a csv file: for a "
+                         "save_to_disk folder pass --format hf, or leave --format out")
+    if audio_dir is not None and not os.path.isdir(audio_dir):
+        raise SystemExit(f"error: --audio-dir {audio_dir}: " + ("a file, not a folder" if os.path.isfile(audio_dir)
+                                                                else "no such folder"))
 
 
 def _after_interrupt(args, rest: list[str]) -> str:

@@ -177,6 +177,16 @@ def test_command_errors_after_the_model_check_are_one_line(tmp_path):
         cli.main(["evaluate", "--model", str(model), "--data", str(tmp_path / "clotho.csv"), "--format", "audiocaps",
                   "--audio-dir", str(tmp_path), "--output-dir", str(tmp_path / "eval")])
     assert not (tmp_path / "eval").exists()
+    common = ["evaluate", "--model", str(model), "--output-dir", str(tmp_path / "eval")]
+    for args, message in [
+        (["--data", str(tmp_path / "clotho.csv"), "--format", "hf"], "clotho.csv is a file, and --format hf reads a "
+                                                                     "folder written by datasets' Dataset.save_to_disk"),
+        (["--data", str(tmp_path), "--format", "clotho", "--audio-dir", str(tmp_path)], "is a folder, and --format "
+                                                                                        "clotho reads a csv file"),
+        (["--data", str(tmp_path / "clotho.csv"), "--audio-dir", str(tmp_path / "audio")], "audio: no such folder"),
+    ]:
+        with pytest.raises(SystemExit, match=re.escape(message)):
+            cli.main([*common, *args])
     soundfile.write(tmp_path / "clip.wav", tone(), RATE)
     with pytest.raises(SystemExit, match=r"^error: --mode audiovisual captions videos \(their sound and a frame\), "
                                          r"and .*clip.wav is not a video: caption audio files with --mode audio$"):
