@@ -73,6 +73,10 @@ def _hub_config(repo_id: str, name: str) -> Path:
 
 def _check_config(config_file: Path, text: str, name: str) -> None:
     if not config_file.is_file():
+        if (config_file.parent / "adapter_config.json").is_file():
+            raise ModelFolderError(f"{name}{text} is a PEFT adapter, not a whole captioner: merge it into its base "
+                                   "(PeftModel.from_pretrained(base, folder).merge_and_unload()) and save that with "
+                                   f"{SAVE_HINT}")
         empty = not any(config_file.parent.iterdir())
         raise ModelFolderError(
             f"{name}{text} {'is an empty folder' if empty else 'has no config.json'}: not a saved model; pass the "

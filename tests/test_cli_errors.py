@@ -69,6 +69,8 @@ def bad_models(tmp_path_factory):
     captioner_like(root / "no-processor", processor=False)
     captioner_like(root / "llava", model_type="llava")
     (root / "empty").mkdir()
+    (root / "adapter").mkdir()
+    (root / "adapter" / "adapter_config.json").write_text("{}")
     whole = captioner_like(root / "truncated") / "model.safetensors"
     data = whole.read_bytes()
     whole.write_bytes(data[: len(data) - 100])
@@ -81,6 +83,7 @@ def bad_models(tmp_path_factory):
         "empty": ("empty", "is an empty folder: not a saved model; pass the folder a captioner was saved to"),
         "truncated": ("truncated", f"model.safetensors is truncated ({len(data) - 100} bytes of the {len(data)} its "
                                    "header announces): copy, download or save it again"),
+        "adapter": ("adapter", "is a PEFT adapter, not a whole captioner: merge it into its base"),
         "missing": ("./not-here", "./not-here: no such folder: pass the folder of a saved LlavaAudio captioner"),
         "wav": ("clip.wav", "clip.wav is a file, not a model folder"),
         "offline hub id": ("org/not-here", "org/not-here: no such folder, and as a Hub id: not in the local Hub cache, "
