@@ -94,8 +94,8 @@ class AudioSource:
     def _open_encoded(self, source) -> None:
         if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
             raise AudioInputError(f"audio file not found: {os.fspath(source)}")
-        if isinstance(source, (bytes, bytearray)) and not source or isinstance(source, (str, os.PathLike)) \
-                and os.path.isfile(source) and os.path.getsize(source) == 0:
+        is_bytes = isinstance(source, (bytes, bytearray))
+        if len(source) == 0 if is_bytes else os.path.isfile(source) and os.path.getsize(source) == 0:
             raise AudioInputError(f"{self.name} is empty (0 bytes): no audio to decode")
         import soundfile
 
