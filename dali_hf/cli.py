@@ -17,7 +17,20 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: ...)" after each option's help, except where the help already says its default, or where
+    there is nothing to say (no default, an empty list, a flag that is off unless given)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        nothing = any(action.default is value for value in (None, False, argparse.SUPPRESS)) or action.default == []
+        if "(default" in text or nothing or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
+
+
+HELP_FORMAT = HelpFormatter
 PRESETS = ("greedy", "paper")  # the decoding presets of pipeline("audio-captioning") (PRESETS there)
 METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider_d", "spice", "spider")
 # The subcommands are the stages' names (`dali_hf.trainers.stages.STAGES`, checked by the tests): written out here so
@@ -159,6 +172,7 @@ def _run_training_stage(name: str, argv: list[str]) -> None:
         config, args, unused = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
         if unused:
             parser.error(f"unrecognized arguments: {' '.join(unused)}")
+    check_model(args.model)
     _register()
     train = _stream(args, config) if getattr(args, "stream", False) else datasets.load_from_disk(args.data)
     if name == "distill":
@@ -199,6 +213,8 @@ def _add_convert(subparsers) -> None:
 
 
 def _run_convert(argv: list[str]) -> None:
+    if not {"-h", "--help"} & set(argv):
+        _check_convert_files(argv)
     from .convert import add_convert_subcommand
 
     parser = argparse.ArgumentParser(prog="dali-hf", formatter_class=HELP_FORMAT)
@@ -206,6 +222,21 @@ def _run_convert(argv: list[str]) -> None:
     args = parser.parse_args(["convert-official", *argv])
     _register()
     args.func(args)
+
+
+def _check_convert_files(argv: list[str]) -> None:
+    """The release's files that convert-official reads exist, checked before torch is imported."""
+    files = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for flag in ("--audio-backbone", "--projector", "--prefix", "--audio-config", "--output-dir"):
+        files.add_argument(flag)
+    given, _ = files.parse_known_args(argv)
+    for flag in ("--audio-backbone", "--projector", "--prefix", "--audio-config"):
+        path = getattr(given, flag[2:].replace("-", "_"))
+        if path is not None and not os.path.isfile(path):
+            raise SystemExit(f"error: {flag} {path}: " + ("a folder, not the file: pass the file inside it"
+                                                          if os.path.isdir(path) else "no such file"))
+    if given.output_dir and os.path.isfile(given.output_dir):
+        raise SystemExit(f"error: --output-dir {given.output_dir} is a file: pass a folder to write the model to")
 
 
 # ---- the other subcommands ---------------------------------------------------------------------------------
@@ -491,7 +522,9 @@ def _add_push(subparsers) -> None:
 
 def _run_push(args) -> None:
     from .hub import UploadError, push
+    from .model_folder import check_model_folder
 
+    check_model_folder(args.folder, name="", hub=False)  # a local folder; nothing truncated or foreign goes up
     results = {}
     for name, path in args.eval_results:
         try:
@@ -520,24 +553,39 @@ def _add_train(subparsers) -> None:
 
 
 def _run_train(args) -> None:
-    if not os.path.isfile(args.config):
-        raise SystemExit(f"error: recipe file not found: {args.config}")
+    config = _read_recipe(args.config)
+    from .model_folder import check_model_folder
     from .recipe import check_recipe, run_recipe
 
-    if args.config.endswith((".yaml", ".yml")):
-        import yaml
-
-        with open(args.config, encoding="utf-8") as handle:
-            config = yaml.safe_load(handle)
-    else:
-        with open(args.config, encoding="utf-8") as handle:
-            config = json.load(handle)
     try:
         check_recipe(config)
+        check_model_folder(config["model"], name=f"{args.config}: model")
     except ValueError as error:
-        raise SystemExit(f"error: {args.config}: {error}") from None
+        raise SystemExit(f"error: {args.config}: {error}" if not str(error).startswith(args.config)
+                         else f"error: {error}") from None
     _register()
     print(f"final captioner: {run_recipe(config)}")
+
+
+def _read_recipe(path: str):
+    """The recipe file's content (JSON, or YAML for .yaml / .yml), or a one-line error saying where it is broken."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: recipe file not found: {path}" + (" (this is a folder)" if os.path.isdir(path)
+                                                                     else ""))
+    import yaml
+
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    try:
+        return yaml.safe_load(text) if path.endswith((".yaml", ".yml")) else json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"error: {path} is not valid JSON: {error.msg} at line {error.lineno}, column "
+                         f"{error.colno}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise SystemExit(f"error: {path} is not valid YAML: {problem}{where}") from None
 
 
 def _register() -> None:
@@ -578,14 +626,114 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     rest = argv[argv.index(args.command) + 1:]
-    if args.command in TRAINING_STAGES:
-        _run_training_stage(args.command, rest)
-    elif args.command == "convert-official":
-        _run_convert(rest)
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    else:
-        args.func(args)
+    try:
+        if args.command in TRAINING_STAGES:
+            _run_training_stage(args.command, rest)
+        elif args.command == "convert-official":
+            _run_convert(rest)
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        else:
+            if args.command == "caption" and args.mode == "audiovisual":
+                _check_audiovisual_inputs(args.inputs)
+            if args.command == "pseudo-caption" and not os.path.isdir(args.data):
+                raise SystemExit(f"error: --data {args.data}: " + ("a file" if os.path.isfile(args.data) else
+                                 "no such folder") + ": pass a folder written by datasets' Dataset.save_to_disk")
+            if args.command == "evaluate":
+                _check_evaluate_data(args.data, args.format, args.audio_dir)
+            if getattr(args, "model", None) is not None:  # caption, pseudo-caption, evaluate: they load it
+                check_model(args.model)
+                _register()
+            args.func(args)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {_after_interrupt(args, rest)}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except ValueError as error:
+        from .errors import InputError
+
+        if not isinstance(error, InputError):
+            raise
+        raise SystemExit(f"error: {error}") from None
+
+
+def check_model(path: str) -> None:
+    """A `--model` that is not a saved LlavaAudio captioner is a one-line error (`dali_hf.model_folder`), before any
+    loading; every command that takes `--model` calls this."""
+    from .model_folder import check_model_folder
+
+    check_model_folder(path)
+
+
+def _check_audiovisual_inputs(inputs: list[str]) -> None:
+    """`caption --mode audiovisual` takes its image from each video: audio files alone are an error, audio files
+    among videos a warning (they are reported as failed)."""
+    from .captioning import find_media
+    from .modeling.media import MEDIA_EXTENSIONS, is_video
+
+    files = find_media(inputs, MEDIA_EXTENSIONS)
+    audio = [path for path in files if not is_video(path)]
+    if not audio:
+        return
+    named = ", ".join(audio[:3]) + (f" and {len(audio) - 3} more" if len(audio) > 3 else "")
+    if len(audio) == len(files):
+        raise SystemExit(f"error: --mode audiovisual captions videos (their sound and a frame), and {named} "
+                         f"{'is not a video' if len(audio) == 1 else 'are not videos'}: caption audio files with "
+                         "--mode audio")
+    print(f"warning: --mode audiovisual needs a video's frame: {named} will fail (caption audio files with "
+          "--mode audio)", file=sys.stderr)
+
+
+def _check_evaluate_data(data: str, kind: str | None, audio_dir: str | None) -> None:
+    """evaluate's --data is a csv file for the csv formats and a save_to_disk folder for hf; --audio-dir a folder."""
+    if not os.path.exists(data):
+        raise SystemExit(f"error: --data {data}: no such file or folder")
+    if kind == "hf" and os.path.isfile(data):
+        raise SystemExit(f"error: --data {data} is a file, and --format hf reads a folder written by datasets' "
+                         "Dataset.save_to_disk: for a csv pass --format audiocaps or clotho, or leave --format out")
+    if kind in ("audiocaps", "clotho") and os.path.isdir(data):
+        raise SystemExit(f"error: --data {data} is a folder, and --format {kind} reads a csv file: for a "
+                         "save_to_disk folder pass --format hf, or leave --format out")
+    if audio_dir is not None and not os.path.isdir(audio_dir):
+        raise SystemExit(f"error: --audio-dir {audio_dir}: " + ("a file, not a folder" if os.path.isfile(audio_dir)
+                                                                else "no such folder"))
+
+
+def _after_interrupt(args, rest: list[str]) -> str:
+    """What an interrupted command left, and how to go on."""
+    command = args.command
+    if command in TRAINING_STAGES:
+        output = _flag_value(rest, "--output_dir") or "its --output_dir"
+        return (f"the checkpoints saved so far are in {output}; run the same command again to resume from the last "
+                "one (a checkpoint every --save_steps)")
+    if command == "train":
+        try:
+            output = _read_recipe(args.config)["output_dir"]
+        except (SystemExit, KeyError, TypeError):
+            output = "the recipe's output_dir"
+        return (f"finished stages and the interrupted stage's checkpoints are in {output}; run the same command again: "
+                "finished stages are skipped and the interrupted one resumes")
+    if command == "pseudo-caption":
+        return (f"the pseudo-captions made so far are kept in {args.output_dir}; run the same command again to go on "
+                "where it stopped")
+    if command == "caption":
+        return (f"{args.output} holds the files captioned so far, one line each; run the command again to caption "
+                "them all (it starts over)")
+    if command == "evaluate":
+        return (f"nothing was scored; {args.output_dir} holds at most part of the captions; run the command again "
+                "(it starts over)")
+    if command == "convert-official":
+        output = _flag_value(rest, "--output-dir") or "the --output-dir"
+        return f"{output} may be incomplete: delete it and run the command again"
+    return "nothing was committed to the Hub (an upload is one commit, all or nothing); run the command again"
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    for index, item in enumerate(argv):
+        if item == flag and index + 1 < len(argv):
+            return argv[index + 1]
+        if item.startswith(flag + "="):
+            return item.split("=", 1)[1]
+    return None
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import datasets
 
+from .errors import InputError
 from .modeling.media import MEDIA_EXTENSIONS
 
 __all__ = ["CAPTIONS_FILE", "LONG_CLIP_POLICIES", "read_audiocaps", "read_clotho", "read_hf_dataset", "evaluate_captioner",
@@ -260,10 +261,19 @@ def _seconds(text: str) -> float | None:
         return None
 
 
+class BenchmarkFileError(InputError):
+    """A benchmark file that is not in the format it was read as; the message names the file and the fix."""
+
+
 def _require_columns(found, needed, path) -> None:
     missing = [c for c in needed if c not in (found or [])]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing} (found {found})")
+        fix = next((f"it looks like a {kind} csv: pass --format {kind} (or leave --format out)"
+                    for kind, column in (("clotho", "file_name"), ("audiocaps", "youtube_id")) if column in (found or [])
+                    and column not in needed), "the AudioCaps columns are audiocap_id, youtube_id, start_time, caption; "
+                   "Clotho's file_name, caption_1 .. caption_5")
+        raise BenchmarkFileError(f"{path}: missing column(s) {', '.join(missing)} (its columns: "
+                                 f"{', '.join(found or []) or 'none'}): {fix}")
 
 
 def _dataset(rows, missing, source) -> tuple[datasets.Dataset, list[dict]]:

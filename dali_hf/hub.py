@@ -24,7 +24,6 @@ REQUIRED = ("config.json", "processor_config.json", "tokenizer_config.json", "mo
             "configuration_llava_audio.py", "processing_llava_audio.py", "pipeline_audio_captioning.py")
 
 
-
 class UploadError(RuntimeError):
     """An upload that could not be done; the message says why and what to do. The local folder is unchanged."""
 
@@ -32,6 +31,9 @@ class UploadError(RuntimeError):
 def upload_files(folder) -> list[str]:
     """The files of `folder` to upload, relative paths, sorted; an error if the folder is not a complete model."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise UploadError(f"{folder}: " + ("a file, not a model folder" if folder.exists() else "no such folder")
+                          + ": pass the folder a LlavaAudio captioner was saved to")
     missing = [name for name in REQUIRED if not (folder / name).is_file()]
     if not any(folder.glob("*.safetensors")):
         missing.append("model.safetensors (the weights)")

@@ -60,10 +60,59 @@ def check_recipe(config) -> None:
     unknown = sorted(set(config) - known)
     if unknown:
         raise ValueError(f"unknown recipe section(s) {unknown}: the sections are {sorted(known)}")
+    for section, allowed in SECTION_KEYS.items():
+        if not isinstance(config.get(section, {}), dict):
+            got = "nothing (leave the section out, or write {})" if config[section] is None else \
+                type(config[section]).__name__
+            raise ValueError(f"section {section!r} is a mapping of {', '.join(sorted(allowed))}, got {got}")
     missing = [key for key in ("model", "output_dir", "prefix-tune", "align") if key not in config]
     missing += [f"{key}.data" for key in ("prefix-tune", "align") if key in config and "data" not in config[key]]
     if missing:
         raise ValueError(f"the recipe lacks {', '.join(missing)}")
+    for section, allowed in SECTION_KEYS.items():
+        for key in config.get(section, {}):
+            if key not in allowed:
+                raise ValueError(f"unknown key {section}.{key}{_nearest(key, allowed)}: the keys of {section!r} are "
+                                 f"{', '.join(sorted(allowed))}")
+    _check_stage_args(config)
+    for section, key in (("prefix-tune", "data"), ("align", "data"), ("align", "eval_data"),
+                         ("pseudo-caption", "data")):
+        path = config.get(section, {}).get(key)
+        if path is not None and not os.path.isdir(path):
+            what = "a file" if os.path.isfile(path) else "no such folder"
+            raise ValueError(f"{section}.{key} {path}: {what}: data is a folder written by datasets' "
+                             "Dataset.save_to_disk (relative paths start from the current folder)")
+
+
+# what each section may hold besides the stage's TrainingArguments in "args"
+SECTION_KEYS = {"prefix-tune": {"data", "args"}, "align": {"data", "eval_data", "args"},
+                "pseudo-caption": {"data", "batch_size", "generate"}, "distill": {"args"}}
+
+
+def _check_stage_args(config) -> None:
+    """Each section's "args" are fields of its stage's TrainingArguments subclass; a misspelt one names the nearest."""
+    import dataclasses
+
+    from .trainers import AlignmentConfig, DistillationConfig, PrefixTuningConfig
+
+    for section, config_class in (("prefix-tune", PrefixTuningConfig), ("align", AlignmentConfig),
+                                  ("distill", DistillationConfig)):
+        args = config.get(section, {}).get("args", {})
+        if not isinstance(args, dict):
+            raise ValueError(f"{section}.args is a mapping of {config_class.__name__} fields, got "
+                             f"{type(args).__name__}")
+        fields = {field.name for field in dataclasses.fields(config_class) if field.init}
+        for name in args:
+            if name not in fields:
+                raise ValueError(f"{section}.args.{name} is not a {config_class.__name__} field"
+                                 f"{_nearest(name, fields)} (the fields are TrainingArguments' and the stage's own)")
+
+
+def _nearest(name, names) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(name), sorted(names), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def run_recipe(config: dict, log=print) -> str:

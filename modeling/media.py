@@ -21,6 +21,9 @@ import os
 
 import numpy as np
 import torch
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 __all__ = ["AUDIO_EXTENSIONS", "CHANNEL_POLICIES", "IMAGE_EXTENSIONS", "MAX_CHANNELS",
            "MEDIA_EXTENSIONS", "VIDEO_EXTENSIONS", "AudioInputError", "AudioSource", "TruncatedAudioError", "as_array",
@@ -37,6 +40,10 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 MEDIA_EXTENSIONS = AUDIO_EXTENSIONS + VIDEO_EXTENSIONS  # what carries sound
 CHANNEL_POLICIES = ("mean", "first")
 MAX_CHANNELS = 8  # the short axis of a 2-D clip is its channel axis when it is at most this long
+# Below this rate a clip holds nothing above half of it (2 kHz): no speech, music or sound-event recording is stored
+# so (telephone speech, the lowest common rate, is 8 kHz); such a rate is almost always a mistake (kHz for Hz, or a
+# sample count), so it is warned about. The audio is still used: the encoder resamples it.
+MIN_AUDIO_RATE = 4000
 
 
 class AudioInputError(ValueError):
@@ -91,6 +98,9 @@ class AudioSource:
     def _open_encoded(self, source) -> None:
         if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
             raise AudioInputError(f"audio file not found: {os.fspath(source)}")
+        is_bytes = isinstance(source, (bytes, bytearray))
+        if len(source) == 0 if is_bytes else os.path.isfile(source) and os.path.getsize(source) == 0:
+            raise AudioInputError(f"{self.name} is empty (0 bytes): no audio to decode")
         import soundfile
 
         try:  # libsndfile: wav, flac, ogg... with exact sample-accurate seeking
@@ -137,8 +147,11 @@ class AudioSource:
             if start > 0:
                 raise self._truncated(start, end)
             raise AudioInputError(f"{self.name} is empty (zero samples)")
-        if not np.isfinite(samples).all():
-            raise AudioInputError(f"{self.name} contains NaN or infinite samples (near {start:.2f} s)")
+        finite = np.isfinite(samples)
+        if not finite.all():
+            sample = first + int(np.flatnonzero(~finite.all(axis=0))[0])  # the first bad one, in the whole input
+            raise AudioInputError(f"{self.name} contains NaN or infinite samples (the first is sample {sample}, at "
+                                  f"{sample / self.sampling_rate:.3f} s)")
         return samples.astype(np.float32, copy=False)
 
     def _truncated(self, start: float, end: float) -> TruncatedAudioError:
@@ -180,6 +193,10 @@ def check_sampling_rate(sampling_rate, name: str = "audio input") -> int:
     if not valid:
         raise AudioInputError(f"{name}: sampling_rate must be a positive whole number of Hz (e.g. 16000), got "
                               f"{sampling_rate!r}")
+    if int(sampling_rate) < MIN_AUDIO_RATE:
+        logger.warning(f"{name}: sampling_rate={int(sampling_rate)} Hz is below {MIN_AUDIO_RATE} Hz, a rate no audio "
+                       "recording uses: is it in kHz, or a number of samples? The rate is in Hz (e.g. 16000); the "
+                       "clip is used as given")
     return int(sampling_rate)
 
 
@@ -211,9 +228,15 @@ def as_array(samples) -> np.ndarray:
 
 
 def _why_undecodable(encoded) -> str:
-    """Why FFmpeg could not open an audio stream: a media file without one, or not a media file at all."""
+    """Why FFmpeg could not open an audio stream: an image, a media file without one, or not a media file at all."""
+    from PIL import Image, UnidentifiedImageError
     from torchcodec.decoders import VideoDecoder
 
+    try:
+        with Image.open(io.BytesIO(encoded) if isinstance(encoded, bytes) else encoded) as image:
+            return f"it is an image ({image.format}), not audio: pass an audio or video file"
+    except (UnidentifiedImageError, OSError, ValueError):
+        pass
     try:
         VideoDecoder(encoded)
     except Exception:
@@ -277,7 +300,7 @@ def frame_seconds(frame, duration: float) -> float:
 
 def frame_at(path, frame="middle"):
     """One frame of the video at `path`, as an RGB PIL image: `frame` is "middle", "first" or a time in seconds
-    (clamped to the video's stream)."""
+    (clamped to the video's stream, with a warning when past its end: one --frame serves videos of any length)."""
     from PIL import Image
     from torchcodec.decoders import VideoDecoder
 
@@ -292,7 +315,11 @@ def frame_at(path, frame="middle"):
     seconds = frame_seconds(frame, duration)
     begin = metadata.begin_stream_seconds or 0.0
     end = metadata.end_stream_seconds or duration
-    seconds = min(max(seconds, begin), max(begin, end - 1e-3))
+    last = max(begin, end - 1e-3)
+    if seconds > last + 1e-3:
+        logger.warning(f"frame at {seconds:g} s is past the end of {os.fspath(path)} ({end:.2f} s): its last frame is "
+                       "used")
+    seconds = min(max(seconds, begin), last)
     data = decoder.get_frame_played_at(seconds).data  # [3, H, W] uint8
     return Image.fromarray(data.permute(1, 2, 0).numpy())
 
