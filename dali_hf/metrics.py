@@ -22,7 +22,6 @@ import shutil
 
 __all__ = [
     "ALL_METRICS",
-    "EVAL_EXTRA",
     "ScoringToolsMissingError",
     "SpiceUnavailableError",
     "bleu",
@@ -41,7 +40,6 @@ __all__ = [
 
 ALL_METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider_d", "spice", "spider")
 _CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
-EVAL_EXTRA = "eval"  # the extra of pyproject.toml that installs the COCO caption toolkit
 _TOOLKIT_MODULES = ("pycocoevalcap.tokenizer.ptbtokenizer", "pycocoevalcap.bleu.bleu", "pycocoevalcap.cider.cider",
                     "pycocoevalcap.meteor.meteor", "pycocoevalcap.rouge.rouge")
 _GET_CORENLP = ("download stanford-corenlp-full-2015-12-09.zip from the Stanford NLP site, unzip it, and install its "
@@ -67,7 +65,7 @@ def check_scoring_tools() -> None:
     except ImportError as error:
         raise ScoringToolsMissingError(
             f"the caption metrics need the COCO caption toolkit (pycocoevalcap), which is not installed ({error}): "
-            f"install it with `pip install 'dali-hf[{EVAL_EXTRA}]'`") from None
+            "install it with `pip install 'dali-hf[eval]'`") from None
     if shutil.which("java") is None:
         raise ScoringToolsMissingError(
             "the caption metrics need Java (the PTB tokenizer and METEOR run on it), and no `java` is on PATH: "
@@ -168,8 +166,8 @@ def install_corenlp(corenlp_dir: str | None = None) -> str:
     here that changes the installed pycocoevalcap; nothing calls it implicitly."""
     lib = _spice_lib()
     if lib is None:
-        raise ScoringToolsMissingError(f"SPICE is part of the COCO caption toolkit (pycocoevalcap), which is not "
-                                       f"installed: install it with `pip install 'dali-hf[{EVAL_EXTRA}]'` first")
+        raise ScoringToolsMissingError("SPICE is part of the COCO caption toolkit (pycocoevalcap), which is not "
+                                       "installed: install it with `pip install 'dali-hf[eval]'` first")
     folder = corenlp_dir or os.environ.get("DALI_CORENLP_DIR")
     if not folder:
         raise SpiceUnavailableError("install_corenlp needs the folder holding CoreNLP's jars: pass it, or set "
