@@ -234,6 +234,7 @@ def _run_pseudo_caption(args) -> None:
 
     from .trainers import generate_pseudo_captions
 
+    _register()
     sampling = dict(do_sample=True, temperature=0.2) if args.preset == "paper" else dict(do_sample=False)
     result = generate_pseudo_captions(AutoModel.from_pretrained(args.model), AutoProcessor.from_pretrained(args.model),
                                       datasets.load_from_disk(args.data), args.output_dir,

@@ -15,7 +15,7 @@ import soundfile
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from dali_hf.testing import random_clip, saved_captioner
+from dali_hf.testing import pairs_dataset, random_clip, saved_captioner
 
 ROOT = Path(__file__).resolve().parents[1]
 DALI_HF = str(Path(sys.executable).with_name("dali-hf"))
@@ -117,3 +117,16 @@ def test_evaluate_without_the_eval_extra_names_it_before_the_model_loads(llava_p
         assert "pip install 'dali-hf[eval]'" in result.stderr and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # the dali-hf command in a fresh process
+def test_pseudo_caption_command_loads_the_model_as_an_installed_package(llava_parts, tmp_path):
+    """`dali-hf pseudo-caption` registers the model classes as the other commands do; without that, the command
+    asked for trust_remote_code and ended in a traceback."""
+    model = saved_captioner(llava_parts, "whisper", tmp_path / "model")
+    pairs_dataset(3, seed=1).save_to_disk(tmp_path / "pairs")
+    result = subprocess.run([DALI_HF, "pseudo-caption", "--model", str(model), "--data", str(tmp_path / "pairs"),
+                             "--output-dir", str(tmp_path / "pseudo"), "--max-new-tokens", "3"], capture_output=True,
+                            text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "3 pseudo-captions in" in result.stdout
