@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install system-deps test demo bench lint clean
+.PHONY: install system-deps test demo bench lint clean constraints
 
 install: system-deps $(STAMP)
 
@@ -25,14 +25,22 @@ system-deps:
 	  fi; \
 	fi
 
-# torch is pinned to the CPU wheels that torchaudio/torchcodec are built against; the rest
-# comes from pyproject.toml. Re-runs only when pyproject.toml changes.
-$(STAMP): pyproject.toml
+# The package with its `dev` extra (tests, the `eval` metrics, DeepSpeed, TRL), every version pinned by
+# constraints.txt: the versions the README's tables were made with (torch 2.14.1 with the torchaudio and
+# torchcodec builds made for it among them). Everything comes from PyPI, whose Linux torch wheel is the CUDA
+# build: it brings about 4 GB of nvidia-* (CUDA runtime, cuDNN, NCCL, ...) and triton packages, which a CPU-only
+# machine never loads but which GPU training needs. PyTorch's CPU-only wheels are on PyTorch's own package
+# index, not on PyPI. Re-runs only when pyproject.toml or constraints.txt changes.
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.14.1 torchaudio==2.11.0 'torchcodec==0.15.*'
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
+
+# Re-pin constraints.txt to what .venv holds (after changing a dependency and installing it).
+constraints: $(STAMP)
+	@{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.txt.new
+	@mv constraints.txt.new constraints.txt
 
 test: install
 	$(PY) -m pytest tests

@@ -443,7 +443,7 @@ def _run_evaluate(args) -> None:
         read_clotho,
         read_hf_dataset,
     )
-    from .metrics import SpiceUnavailableError
+    from .metrics import ScoringToolsMissingError
     from .trainers.jobs import OutputError, check_output_dir
 
     try:
@@ -455,7 +455,7 @@ def _run_evaluate(args) -> None:
         raise SystemExit(f"error: --audio-dir is needed with a {kind} csv")
     try:
         _, not_computed = metrics_to_compute(args.metrics)
-    except SpiceUnavailableError as error:
+    except ScoringToolsMissingError as error:  # the eval extra, Java or CoreNLP: said before the model loads
         raise SystemExit(f"error: {error}") from None
     if kind == "audiocaps":
         data, missing = read_audiocaps(args.data, args.audio_dir, args.audio_filename)

@@ -106,28 +106,30 @@ def read_hf_dataset(dataset: datasets.Dataset, audio_column: str = "audio", capt
     return _dataset(rows, missing, "the dataset")
 
 
-def metrics_to_compute(metrics=None, corenlp_dir: str | None = None) -> tuple[list[str], dict[str, str]]:
-    """(metrics to compute, {metric left out: why}), checked before any clip is captioned: unknown names, and
-    SPICE / SPIDEr asked for without Stanford CoreNLP, are errors; by default every metric that can run here."""
-    from .metrics import ALL_METRICS, SpiceUnavailableError, spice_available
+def metrics_to_compute(metrics=None) -> tuple[list[str], dict[str, str]]:
+    """(metrics to compute, {metric left out: why}), checked before any clip is captioned: a missing COCO caption
+    toolkit (the `eval` extra) or Java, unknown names, and SPICE / SPIDEr asked for without Stanford CoreNLP, are
+    errors; by default every metric that can run here."""
+    from .metrics import ALL_METRICS, SpiceUnavailableError, check_scoring_tools, spice_available
 
+    check_scoring_tools()
     needs_corenlp = ("spice", "spider")
     if metrics is None:
-        if spice_available(corenlp_dir):
+        if spice_available():
             return list(ALL_METRICS), {}
-        reason = ("Stanford CoreNLP 3.6.0 not found (SPICE needs it; SPIDEr is the mean of CIDEr-D and SPICE): "
-                  "point DALI_CORENLP_DIR at its jars")
+        reason = ("Stanford CoreNLP 3.6.0 is not installed (SPICE needs it; SPIDEr is the mean of CIDEr-D and "
+                  "SPICE): install it with `python -m dali_hf.metrics install-corenlp FOLDER`")
         return [m for m in ALL_METRICS if m not in needs_corenlp], {m: reason for m in needs_corenlp}
     wanted = [metrics] if isinstance(metrics, str) else list(metrics)
     unknown = sorted(set(wanted) - set(ALL_METRICS))
     if unknown:
         raise ValueError(f"unknown metrics {unknown}: choose from {list(ALL_METRICS)}")
     asked = sorted(set(wanted) & set(needs_corenlp))
-    if asked and not spice_available(corenlp_dir):
+    if asked and not spice_available():
         raise SpiceUnavailableError(
             f"cannot compute {asked}: SPICE needs Stanford CoreNLP 3.6.0, which no package registry ships. Download "
-            "stanford-corenlp-full-2015-12-09.zip from the Stanford NLP site, unzip it, and point DALI_CORENLP_DIR at "
-            "the folder holding its jars; or leave --metrics out to compute every other metric")
+            "stanford-corenlp-full-2015-12-09.zip from the Stanford NLP site, unzip it, and install its jars with "
+            "`python -m dali_hf.metrics install-corenlp FOLDER`; or leave --metrics out to compute every other metric")
     return wanted, {}
 
 

@@ -2,21 +2,33 @@
 with its PTB tokenizer, BLEU-1..4, METEOR 1.5, ROUGE-L, CIDEr-D (length penalty, clipped counts) and SPICE;
 SPIDEr is the mean of CIDEr-D and SPICE. Corpus-level scores of candidates against multiple references.
 
-METEOR and the tokenizer run on Java (Debian's default JRE). SPICE also needs Stanford CoreNLP 3.6.0, which no
-package registry ships: set `DALI_CORENLP_DIR` (or pass `corenlp_dir=`) to a folder holding
-`stanford-corenlp-3.6.0.jar` and `stanford-corenlp-3.6.0-models.jar`. Without it, `score(metrics=None)` leaves out
-SPICE and SPIDEr, and asking for them is an error that says how to get CoreNLP.
+The toolkit is the `eval` extra (`pip install 'dali-hf[eval]'`); every metric goes through its PTB tokenizer, and
+METEOR and the tokenizer run on Java (Debian's default JRE). `check_scoring_tools()` says what is missing before any
+work. BLEU and CIDEr-D are not computed without the toolkit: another tokenizer would give numbers that cannot be
+compared with the published ones.
+
+SPICE also needs Stanford CoreNLP 3.6.0, which no package registry ships. Installing it is one explicit step,
+`install_corenlp(folder)` or `python -m dali_hf.metrics install-corenlp FOLDER` (FOLDER holds
+`stanford-corenlp-3.6.0.jar` and `stanford-corenlp-3.6.0-models.jar`; default `$DALI_CORENLP_DIR`): it links the jars
+where pycocoevalcap's SPICE reads them. Until then, `score(metrics=None)` leaves out SPICE and SPIDEr, and asking for
+them is an error that says how to install CoreNLP. The checks (`spice_available`, `check_scoring_tools`) change
+nothing.
 """
 
+import argparse
+import importlib.util
 import os
 import shutil
 
 __all__ = [
     "ALL_METRICS",
+    "ScoringToolsMissingError",
     "SpiceUnavailableError",
     "bleu",
     "caption_metric_base",
+    "check_scoring_tools",
     "cider_d",
+    "install_corenlp",
     "meteor",
     "metric_module_path",
     "rouge_l",
@@ -28,17 +40,43 @@ __all__ = [
 
 ALL_METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider_d", "spice", "spider")
 _CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
+_TOOLKIT_MODULES = ("pycocoevalcap.tokenizer.ptbtokenizer", "pycocoevalcap.bleu.bleu", "pycocoevalcap.cider.cider",
+                    "pycocoevalcap.meteor.meteor", "pycocoevalcap.rouge.rouge")
+_GET_CORENLP = ("download stanford-corenlp-full-2015-12-09.zip from the Stanford NLP site, unzip it, and install its "
+                "jars with `python -m dali_hf.metrics install-corenlp FOLDER` (or `dali_hf.metrics.install_corenlp("
+                "FOLDER)`; FOLDER defaults to $DALI_CORENLP_DIR)")
 
 
-class SpiceUnavailableError(RuntimeError):
-    """SPICE (and so SPIDEr) cannot run: Stanford CoreNLP is missing."""
+class ScoringToolsMissingError(RuntimeError):
+    """A tool the metrics need is not installed: the COCO caption toolkit (the `eval` extra), Java, or CoreNLP."""
 
 
-def score(candidates: list[str], references: list[list[str]], metrics=None,
-          corenlp_dir: str | None = None) -> dict[str, float]:
+class SpiceUnavailableError(ScoringToolsMissingError):
+    """SPICE (and so SPIDEr) cannot run: Stanford CoreNLP is not installed where SPICE reads it."""
+
+
+def check_scoring_tools() -> None:
+    """Raise a `ScoringToolsMissingError` that says what to install when the COCO caption toolkit (pycocoevalcap,
+    the `eval` extra) or Java is missing: every metric needs both. Call it before any work (captioning a benchmark
+    takes long); it imports the toolkit's scorers and changes nothing."""
+    try:
+        for module in _TOOLKIT_MODULES:
+            importlib.import_module(module)
+    except ImportError as error:
+        raise ScoringToolsMissingError(
+            f"the caption metrics need the COCO caption toolkit (pycocoevalcap), which is not installed ({error}): "
+            "install it with `pip install 'dali-hf[eval]'`") from None
+    if shutil.which("java") is None:
+        raise ScoringToolsMissingError(
+            "the caption metrics need Java (the PTB tokenizer and METEOR run on it), and no `java` is on PATH: "
+            "install a Java runtime (Debian: apt-get install default-jre-headless)")
+
+
+def score(candidates: list[str], references: list[list[str]], metrics=None) -> dict[str, float]:
     """Corpus scores of `candidates` (one per clip) against `references` (several per clip).
 
-    `metrics`: names from `ALL_METRICS`; None = every metric that can run here (SPICE/SPIDEr only with CoreNLP).
+    `metrics`: names from `ALL_METRICS`; None = every metric that can run here (SPICE/SPIDEr only with CoreNLP
+    installed, see `install_corenlp`).
     """
     if len(candidates) != len(references):
         raise ValueError(f"{len(candidates)} candidates but {len(references)} reference lists: one list per clip")
@@ -48,12 +86,15 @@ def score(candidates: list[str], references: list[list[str]], metrics=None,
         if isinstance(refs, str) or not refs:
             raise ValueError(f"references[{index}] must be a non-empty list of strings")
     if metrics is None:
-        wanted = [m for m in ALL_METRICS if m not in ("spice", "spider") or spice_available(corenlp_dir)]
+        wanted = [m for m in ALL_METRICS if m not in ("spice", "spider") or spice_available()]
     else:
         wanted = [metrics] if isinstance(metrics, str) else list(metrics)
         unknown = sorted(set(wanted) - set(ALL_METRICS))
         if unknown:
             raise ValueError(f"unknown metrics {unknown}: choose from {ALL_METRICS}")
+    check_scoring_tools()
+    if {"spice", "spider"} & set(wanted):
+        _require_spice()
 
     gts, res = _tokenized(candidates, references)
     results: dict[str, float] = {}
@@ -75,7 +116,7 @@ def score(candidates: list[str], references: list[list[str]], metrics=None,
 
         results["cider_d"] = float(Cider().compute_score(gts, res)[0])
     if "spice" in wanted or "spider" in wanted:
-        results["spice"] = _spice(gts, res, corenlp_dir)
+        results["spice"] = _spice(gts, res)
     if "spider" in wanted:
         results["spider"] = (results["cider_d"] + results["spice"]) / 2
     return {name: results[name] for name in ALL_METRICS if name in wanted}
@@ -101,32 +142,55 @@ def cider_d(candidates, references) -> float:
     return score(candidates, references, ["cider_d"])["cider_d"]
 
 
-def spice(candidates, references, corenlp_dir: str | None = None) -> float:
-    """SPICE (needs Stanford CoreNLP, see the module docstring)."""
-    return score(candidates, references, ["spice"], corenlp_dir)["spice"]
+def spice(candidates, references) -> float:
+    """SPICE (needs Stanford CoreNLP, see `install_corenlp`)."""
+    return score(candidates, references, ["spice"])["spice"]
 
 
-def spider(candidates, references, corenlp_dir: str | None = None) -> float:
+def spider(candidates, references) -> float:
     """SPIDEr = (CIDEr-D + SPICE) / 2."""
-    return score(candidates, references, ["spider"], corenlp_dir)["spider"]
+    return score(candidates, references, ["spider"])["spider"]
 
 
-def spice_available(corenlp_dir: str | None = None) -> bool:
-    """Whether SPICE can run: CoreNLP is beside pycocoevalcap's SPICE jar, or in `corenlp_dir` /
-    `$DALI_CORENLP_DIR`."""
-    try:
-        _install_corenlp(corenlp_dir)
-        return True
-    except SpiceUnavailableError:
-        return False
+def spice_available() -> bool:
+    """Whether SPICE can run here: pycocoevalcap is installed and Stanford CoreNLP's jars are where its SPICE reads
+    them (`install_corenlp` puts them there). A check: it changes nothing."""
+    lib = _spice_lib()
+    return lib is not None and all(os.path.isfile(os.path.join(lib, jar)) for jar in _CORENLP_JARS)
+
+
+def install_corenlp(corenlp_dir: str | None = None) -> str:
+    """Install Stanford CoreNLP 3.6.0 for SPICE: link `stanford-corenlp-3.6.0.jar` and
+    `stanford-corenlp-3.6.0-models.jar` from `corenlp_dir` (default `$DALI_CORENLP_DIR`) into pycocoevalcap's SPICE
+    `lib` folder, the one place SPICE reads them from (its jar's class path). Returns that folder. The only function
+    here that changes the installed pycocoevalcap; nothing calls it implicitly."""
+    lib = _spice_lib()
+    if lib is None:
+        raise ScoringToolsMissingError("SPICE is part of the COCO caption toolkit (pycocoevalcap), which is not "
+                                       "installed: install it with `pip install 'dali-hf[eval]'` first")
+    folder = corenlp_dir or os.environ.get("DALI_CORENLP_DIR")
+    if not folder:
+        raise SpiceUnavailableError("install_corenlp needs the folder holding CoreNLP's jars: pass it, or set "
+                                    "DALI_CORENLP_DIR")
+    missing = [jar for jar in _CORENLP_JARS if not os.path.isfile(os.path.join(folder, jar))]
+    if missing:
+        raise SpiceUnavailableError(f"{folder} does not hold {' and '.join(missing)}: point it at the unzipped "
+                                    "stanford-corenlp-full-2015-12-09 folder")
+    if not os.access(lib, os.W_OK):
+        raise SpiceUnavailableError(f"cannot write to {lib} (pycocoevalcap's SPICE jars): install CoreNLP as the "
+                                    "user who installed pycocoevalcap, or into a virtual environment you own")
+    for jar in _CORENLP_JARS:
+        target = os.path.join(lib, jar)
+        if os.path.lexists(target):
+            os.remove(target)
+        os.symlink(os.path.abspath(os.path.join(folder, jar)), target)
+    return lib
 
 
 def _tokenized(candidates, references):
     """PTB-tokenised {clip index: [caption, ...]} dicts, as pycocoevalcap's scorers take them."""
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    if shutil.which("java") is None:
-        raise RuntimeError("the PTB tokenizer and METEOR need Java: install a JRE (Debian: default-jre-headless)")
     gts = {i: [{"caption": ref} for ref in refs] for i, refs in enumerate(references)}
     res = {i: [{"caption": cand}] for i, cand in enumerate(candidates)}
     tokenizer = PTBTokenizer()
@@ -135,32 +199,28 @@ def _tokenized(candidates, references):
     return gts, {i: [caption[0] if caption and caption[0] else ""] for i, caption in res.items()}
 
 
-def _spice(gts, res, corenlp_dir) -> float:
-    _install_corenlp(corenlp_dir)
+def _spice(gts, res) -> float:
+    _require_spice()
     from pycocoevalcap.spice.spice import Spice
 
     return float(Spice().compute_score(gts, res)[0])
 
 
-def _install_corenlp(corenlp_dir: str | None) -> None:
-    import pycocoevalcap.spice as spice_package
+def _require_spice() -> None:
+    if not spice_available():
+        raise SpiceUnavailableError(f"SPICE (and SPIDEr) need Stanford CoreNLP 3.6.0, which no package registry "
+                                    f"ships: {_GET_CORENLP}")
 
-    lib = os.path.join(os.path.dirname(spice_package.__file__), "lib")
-    if all(os.path.exists(os.path.join(lib, jar)) for jar in _CORENLP_JARS):
-        return
-    folder = corenlp_dir or os.environ.get("DALI_CORENLP_DIR")
-    if not folder or not all(os.path.isfile(os.path.join(folder, jar)) for jar in _CORENLP_JARS):
-        raise SpiceUnavailableError(
-            "SPICE (and SPIDEr) need Stanford CoreNLP 3.6.0, which no package registry ships. Download "
-            "stanford-corenlp-full-2015-12-09.zip from the Stanford NLP site, unzip it, and point DALI_CORENLP_DIR "
-            f"(or corenlp_dir=) at the folder holding {' and '.join(_CORENLP_JARS)}"
-            + (f"; {folder} does not hold them" if folder else "")
-        )
-    os.makedirs(lib, exist_ok=True)
-    for jar in _CORENLP_JARS:
-        target = os.path.join(lib, jar)
-        if not os.path.exists(target):
-            os.symlink(os.path.abspath(os.path.join(folder, jar)), target)
+
+def _spice_lib() -> str | None:
+    """pycocoevalcap's SPICE `lib` folder (where SPICE's jar looks for CoreNLP), or None without pycocoevalcap.
+    Located without importing SPICE's module."""
+    spec = importlib.util.find_spec("pycocoevalcap")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        lib = os.path.join(root, "spice", "lib")
+        if os.path.isfile(os.path.join(root, "spice", "spice.py")):
+            return lib
+    return None
 
 
 def caption_metric_base():
@@ -184,8 +244,8 @@ def caption_metric_base():
                                             "references": datasets.Sequence(datasets.Value("string"))}),
             )
 
-        def _compute(self, predictions, references, corenlp_dir=None):
-            return score(list(predictions), [list(r) for r in references], list(self.names) or None, corenlp_dir)
+        def _compute(self, predictions, references):
+            return score(list(predictions), [list(r) for r in references], list(self.names) or None)
 
     return CaptionMetric
 
@@ -197,3 +257,21 @@ def metric_module_path(name: str = "audio_captioning") -> str:
     if not os.path.isdir(path):
         raise ValueError(f"no metric module {name!r}: choose from {sorted(os.listdir(os.path.dirname(path)))}")
     return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m dali_hf.metrics install-corenlp FOLDER`: the explicit CoreNLP install step for SPICE."""
+    parser = argparse.ArgumentParser(prog="python -m dali_hf.metrics", description=main.__doc__.split(": ", 1)[1])
+    commands = parser.add_subparsers(dest="command", required=True)
+    install = commands.add_parser("install-corenlp", help=install_corenlp.__doc__.split(". ")[0])
+    install.add_argument("folder", nargs="?", help="the folder holding the two jars (default: $DALI_CORENLP_DIR)")
+    args = parser.parse_args(argv)
+    try:
+        lib = install_corenlp(args.folder)
+    except ScoringToolsMissingError as error:
+        raise SystemExit(f"error: {error}") from None
+    print(f"CoreNLP installed for SPICE: {', '.join(_CORENLP_JARS)} linked into {lib}")
+
+
+if __name__ == "__main__":
+    main()

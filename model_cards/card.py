@@ -15,14 +15,18 @@ TEMPLATE = Path(__file__).with_name("dali_model_card.md")
 
 
 def record_stage(config, stage: str, args, train_rows: int | None = None, fields: tuple[str, ...] = (),
-                 step: str | None = None) -> None:
+                 step: str | None = None, optimizer_steps: int | None = None) -> None:
     """Add (or replace) this stage's record in `config.training_stages`: the hyper-parameters a model card shows.
-    `stage` is the stage's name ("align") and `step` its place in the recipe ("1b")."""
+    `stage` is the stage's name ("align") and `step` its place in the recipe ("1b"). `optimizer_steps`: the steps
+    the Trainer's learning-rate schedule was made for; with it the record holds the warm-up steps the schedule used
+    (`warmup_steps` below 1 is a share of them)."""
     record = {"stage": stage, "step": step, "train_rows": train_rows, "world_size": args.world_size,
               "per_device_train_batch_size": args.per_device_train_batch_size,
               "gradient_accumulation_steps": args.gradient_accumulation_steps, "learning_rate": args.learning_rate,
               "num_train_epochs": args.num_train_epochs, "max_steps": args.max_steps, "seed": args.seed,
               **{name: _plain(getattr(args, name)) for name in fields}}
+    if optimizer_steps:
+        record |= {"optimizer_steps": optimizer_steps, "warmup_steps": args.get_warmup_steps(optimizer_steps)}
     config.training_stages = [s for s in (config.training_stages or []) if s.get("stage") != stage] + [record]
 
 

@@ -35,10 +35,10 @@ DEFAULTS = {
         train_audio_parameters="all", augment=False, augment_noise_scale=0.1, augment_roll=True, learning_rate=1e-4,
         adam_beta1=0.95, weight_decay=5e-7, remove_unused_columns=False, ddp_find_unused_parameters=False),
     PrefixTuningConfig: dict(prompt=None, prompt_preset=None, learning_rate=1e-3, lr_scheduler_type="cosine",
-                             warmup_ratio=0.03, remove_unused_columns=False),
+                             warmup_steps=0.03, remove_unused_columns=False),
     DistillationConfig: dict(
         prompt=None, prompt_preset=None, use_prefix=False, lora_r=0, lora_alpha=16, lora_dropout=0.05,
-        lora_target_modules=["q_proj", "v_proj"], learning_rate=2e-4, lr_scheduler_type="cosine", warmup_ratio=0.03,
+        lora_target_modules=["q_proj", "v_proj"], learning_rate=2e-4, lr_scheduler_type="cosine", warmup_steps=0.03,
         num_train_epochs=1.0, remove_unused_columns=False),
 }
 

@@ -69,10 +69,8 @@ def test_spice_without_corenlp_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("DALI_CORENLP_DIR", raising=False)
     if spice_available():
         pytest.skip("Stanford CoreNLP is installed on this machine")  # the error path cannot be shown then
-    with pytest.raises(SpiceUnavailableError, match="DALI_CORENLP_DIR"):
+    with pytest.raises(SpiceUnavailableError, match="install its jars with `python -m dali_hf.metrics install-corenlp"):
         score(CANDIDATES, REFERENCES, ["spider"])
-    with pytest.raises(SpiceUnavailableError, match="does not hold them"):
-        score(CANDIDATES, REFERENCES, ["spice"], corenlp_dir="/nonexistent")
     assert set(score(CANDIDATES, REFERENCES)) == {"bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l",
                                                   "cider_d"}
 

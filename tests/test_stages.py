@@ -2,6 +2,7 @@
 stays LLaVA's exactly, pseudo-captioning survives a kill."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ def captioned():
 
 def _settings(tmp_path, **overrides):
     return dict(output_dir=str(tmp_path), per_device_train_batch_size=4, num_train_epochs=2, logging_steps=1,
-                save_strategy="no", report_to=[], seed=0, use_cpu=True, disable_tqdm=True, warmup_ratio=0.0) | overrides
+                save_strategy="no", report_to=[], seed=0, use_cpu=True, disable_tqdm=True, warmup_steps=0) | overrides
 
 
 def _assert_only_changed(model, before, part):
@@ -82,6 +83,40 @@ def test_distillation_trains_only_the_audio_projector(llava_parts, captioned, tm
     assert losses[-1] < losses[0]
     _assert_only_changed(model, before, "audio_multi_modal_projector")
     _assert_image_path_is_llava(model, processor, llava_parts)
+
+
+@pytest.mark.parametrize("stage", ["prefix", "distill"])
+def test_caption_stages_warm_up_over_3_percent_of_the_steps_and_the_card_says_so(captioned, tmp_path, stage):
+    """The authors' 3% warm-up is the Trainer's: the learning rate of every optimiser step, read from the optimiser,
+    equals a hand-computed linear warm-up then cosine decay, and the card records the warm-up steps used."""
+    from transformers import TrainerCallback
+
+    trainer_class, config_class = {"prefix": (PrefixTuningTrainer, PrefixTuningConfig),
+                                   "distill": (AudioVisualDistillationTrainer, DistillationConfig)}[stage]
+    args = config_class(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=10, learning_rate=0.01,
+                        save_strategy="no", report_to=[], seed=0, use_cpu=True, disable_tqdm=True)
+    assert (args.warmup_steps, args.lr_scheduler_type) == (0.03, "cosine")  # the defaults under test
+
+    seen = []
+
+    class LearningRates(TrainerCallback):
+        def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+            seen.append(optimizer.param_groups[0]["lr"])
+
+    model, processor, _ = tiny_captioner("ast")
+    trainer = trainer_class(model=model, args=args, train_dataset=captioned.select(range(4)),
+                            processing_class=processor, callbacks=[LearningRates()])
+    trainer.train()
+    warmup = 1  # ceil(0.03 * 10 steps): the first step's learning rate is 0
+    by_hand = [0.01 * step / warmup if step < warmup
+               else 0.01 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (10 - warmup))) for step in range(10)]
+    assert seen == pytest.approx(by_hand, rel=1e-6, abs=1e-12)
+    assert seen[:2] == [0.0, 0.01]
+
+    trainer.save_model()
+    record = model.config.training_stages[-1]
+    assert (record["optimizer_steps"], record["warmup_steps"]) == (10, warmup)
+    assert "warmup_steps=1" in (tmp_path / "README.md").read_text()
 
 
 def test_pseudo_captions_survive_a_kill(ast_captioner, tmp_path):
@@ -212,10 +247,7 @@ def test_half_precision_model_trains_its_part_in_float32(captioned, tmp_path, st
         "distill": (AudioVisualDistillationTrainer, DistillationConfig, ("audio_multi_modal_projector",)),
     }[stage]
     extra = {"objective": "ot"} if stage == "align" else {}
-    settings = _settings(tmp_path, learning_rate=1e-3, bf16=True, max_steps=2, **extra)
-    if stage == "align":
-        del settings["warmup_ratio"]  # a field of the caption stages' configs only
-    args = config_class(**settings)
+    args = config_class(**_settings(tmp_path, learning_rate=1e-3, bf16=True, max_steps=2, **extra))
     trainer = trainer_class(model=model, args=args, train_dataset=captioned, processing_class=processor)
     before = {name: p.clone() for name, p in model.named_parameters()}
     for name, param in model.named_parameters():

@@ -68,9 +68,9 @@ class DistillationConfig(TrainingArguments):
             Initial learning rate of the optimiser (the authors' code: 2e-4).
         lr_scheduler_type (`str`, *optional*, defaults to `"cosine"`):
             Learning-rate schedule (the authors' code: cosine).
-        warmup_ratio (`float`, *optional*, defaults to `0.03`):
-            The authors' warm-up share of the steps, recorded in the model card. The Trainer's warm-up is
-            `warmup_steps` (a number below 1 is a share of the steps); this field does not set it.
+        warmup_steps (`float`, *optional*, defaults to `0.03`):
+            Linear warm-up of the learning rate from 0: below 1, a share of the optimiser steps (the authors' code:
+            0.03); 1 or more, a number of steps. The model card records the steps it came to.
         num_train_epochs (`float`, *optional*, defaults to `1.0`):
             Passes over the pseudo-captioned clips (the authors' code: 1).
         remove_unused_columns (`bool`, *optional*, defaults to `False`):
@@ -118,10 +118,11 @@ class DistillationConfig(TrainingArguments):
     lr_scheduler_type: str = field(
         default="cosine", metadata={"help": "Learning-rate schedule (the authors' code: cosine)."}
     )
-    warmup_ratio: float = field(
+    warmup_steps: float = field(
         default=0.03,
-        metadata={"help": "The authors' warm-up share of the steps, recorded in the model card. The Trainer's warm-up "
-                          "is `warmup_steps` (a number below 1 is a share of the steps); this field does not set it."},
+        metadata={"help": "Linear warm-up of the learning rate from 0: below 1, a share of the optimiser steps (the "
+                          "authors' code: 0.03); 1 or more, a number of steps. The model card records the steps it came "
+                          "to."},
     )
     num_train_epochs: float = field(
         default=1.0, metadata={"help": "Passes over the pseudo-captioned clips (the authors' code: 1)."}
@@ -147,7 +148,7 @@ class AudioVisualDistillationTrainer(CaptionStageTrainer):
 
     trained_part = "audio_multi_modal_projector"
     stage_name = "distill"
-    card_fields = ("prompt", "prompt_preset", "use_prefix", "lora_r", "lr_scheduler_type", "warmup_ratio")
+    card_fields = ("prompt", "prompt_preset", "use_prefix", "lora_r", "lr_scheduler_type")
 
     def __init__(self, model=None, args=None, **kwargs):
         super().__init__(model=model, args=args, **kwargs)

@@ -42,9 +42,9 @@ class PrefixTuningConfig(TrainingArguments):
             Initial learning rate of the optimiser (the authors' code: 1e-3; the paper says 2e-4).
         lr_scheduler_type (`str`, *optional*, defaults to `"cosine"`):
             Learning-rate schedule (the authors' code: cosine).
-        warmup_ratio (`float`, *optional*, defaults to `0.03`):
-            The authors' warm-up share of the steps, recorded in the model card. The Trainer's warm-up is
-            `warmup_steps` (a number below 1 is a share of the steps); this field does not set it.
+        warmup_steps (`float`, *optional*, defaults to `0.03`):
+            Linear warm-up of the learning rate from 0: below 1, a share of the optimiser steps (the authors' code:
+            0.03); 1 or more, a number of steps. The model card records the steps it came to.
         remove_unused_columns (`bool`, *optional*, defaults to `False`):
             Keep every dataset column: the collator reads `image` and `caption`, which the model's forward does not
             name.
@@ -70,10 +70,11 @@ class PrefixTuningConfig(TrainingArguments):
     lr_scheduler_type: str = field(
         default="cosine", metadata={"help": "Learning-rate schedule (the authors' code: cosine)."}
     )
-    warmup_ratio: float = field(
+    warmup_steps: float = field(
         default=0.03,
-        metadata={"help": "The authors' warm-up share of the steps, recorded in the model card. The Trainer's warm-up "
-                          "is `warmup_steps` (a number below 1 is a share of the steps); this field does not set it."},
+        metadata={"help": "Linear warm-up of the learning rate from 0: below 1, a share of the optimiser steps (the "
+                          "authors' code: 0.03); 1 or more, a number of steps. The model card records the steps it came "
+                          "to."},
     )
     remove_unused_columns: bool = field(
         default=False,
@@ -91,7 +92,7 @@ class PrefixTuningTrainer(CaptionStageTrainer):
 
     trained_part = "prefix_embeddings"
     stage_name = "prefix-tune"
-    card_fields = ("prompt", "prompt_preset", "lr_scheduler_type", "warmup_ratio")
+    card_fields = ("prompt", "prompt_preset", "lr_scheduler_type")
 
     def build_collator(self, processor, args):
         return CaptionCollator(processor, image=True, prefix=True, prompt=getattr(args, "prompt", None),

@@ -87,7 +87,8 @@ class ModelCardMixin:
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         rows = len(self.train_dataset) if hasattr(self.train_dataset, "__len__") else None
         stage = stage_named(self.stage_name)
-        record_stage(self.model.config, stage.name, self.args, rows, self.card_fields, step=stage.step)
+        record_stage(self.model.config, stage.name, self.args, rows, self.card_fields, step=stage.step,
+                     optimizer_steps=self.state.max_steps or None)
         super().save_model(output_dir, _internal_call)
         if self.args.should_save and not _internal_call:
             write_model_card(output_dir or self.args.output_dir)

@@ -4,8 +4,10 @@ Generates the world, trains a tiny image captioner on images only, runs prefix t
 objective, distillation and the zero-shot evaluation on held-out clips, then prints the results table and writes,
 to `outputs/demo/` (or `$DEMO_OUT`): `results.json` (rows: objective, mode, stage, the `dali_hf.metrics.score`
 keys and source precision / recall / F1), `results.md`, `examples.json` (captions next to their references),
-`token_distributions.png` (attentive OT) and `pipeline_captions.json` (a couple of generated clips captioned through
-`pipeline("audio-captioning")`). The trained models are normal LlavaAudio folders under `models/`.
+`token_distributions.png` (attentive OT), `pipeline_captions.json` (a couple of generated clips captioned through
+`pipeline("audio-captioning")`) and `run.json` (seeds, workers, wall time, the CPU and the package versions: another
+CPU or other versions give other numbers for the same seed). The trained models are normal LlavaAudio folders under
+`models/`.
 
 The objectives train in parallel, one single-threaded process each (`$DEMO_WORKERS`, default: the cores this process
 may use); the tables do not depend on the number of processes or on what else runs on the machine.
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 
 from .experiment import FULL, SMALL, run_experiments, single_threaded
+from .machine import run_record
 from .seeds import write_seed_summary
 from .world import ToyWorld
 
@@ -50,8 +53,7 @@ def main(argv=None) -> dict[int, list[dict]]:
     minutes = (time.perf_counter() - started) / 60
     for seed, folder in folders.items():
         _figure_and_pipeline_captions(folder, seed, pipeline_examples=not args.no_pipeline)
-    (out / "run.json").write_text(json.dumps({"seeds": seeds, "size": args.size, "workers": args.workers,
-                                              "wall_minutes": round(minutes, 2)}, indent=2))
+    (out / "run.json").write_text(json.dumps(run_record(seeds, args.size, args.workers, minutes), indent=2))
     print(f"\n{len(seeds)} seed(s), {args.workers} worker process(es): {minutes:.1f} min")
     if len(seeds) > 1:
         write_seed_summary(out, results, header=f"Toy world ({args.size}), seeds {args.seeds}.")

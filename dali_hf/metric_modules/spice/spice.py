@@ -1,4 +1,4 @@
-"""`evaluate` metric module: SPICE (needs Stanford CoreNLP: DALI_CORENLP_DIR), as `dali_hf.metrics.score` computes it.
+"""`evaluate` metric module: SPICE (needs Stanford CoreNLP: `python -m dali_hf.metrics install-corenlp FOLDER`), as `dali_hf.metrics.score` computes it.
 
     evaluate.load(dali_hf.metrics.metric_module_path("spice")).compute(predictions=[...], references=[[...], ...])
 """

@@ -1,4 +1,4 @@
-"""`evaluate` metric module: SPIDEr = (CIDEr-D + SPICE) / 2 (needs Stanford CoreNLP: DALI_CORENLP_DIR), as `dali_hf.metrics.score` computes it.
+"""`evaluate` metric module: SPIDEr = (CIDEr-D + SPICE) / 2 (needs Stanford CoreNLP: `python -m dali_hf.metrics install-corenlp FOLDER`), as `dali_hf.metrics.score` computes it.
 
     evaluate.load(dali_hf.metrics.metric_module_path("spider")).compute(predictions=[...], references=[[...], ...])
 """

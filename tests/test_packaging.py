@@ -1,0 +1,131 @@
+"""A plain `pip install` of the wheel runs every command: each import of the wheel's modules is a core dependency, or
+belongs to an extra that the importing module's error message names (`pip install 'dali-hf[eval]'`), and
+`dali-hf evaluate` without that extra says so before the model loads."""
+
+import ast
+import importlib.metadata
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import soundfile
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from dali_hf.testing import pairs_dataset, random_clip, saved_captioner
+
+ROOT = Path(__file__).resolve().parents[1]
+DALI_HF = str(Path(sys.executable).with_name("dali-hf"))
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel `pip wheel` builds from this checkout, offline (this environment's setuptools)."""
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+                    str(ROOT)], check=True, capture_output=True, timeout=600)
+    return next(out.glob("dali_hf-*.whl"))
+
+
+def declared(wheel: Path) -> tuple[set[str], dict[str, set[str]]]:
+    """(core distributions, {extra: distributions}) from the wheel's METADATA, an extra that names another
+    (`dali-hf[eval]`) holding that one's too."""
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = next(name for name in archive.namelist() if name.endswith(".dist-info/METADATA"))
+        lines = archive.read(metadata).decode().splitlines()
+    extras = [line.split(":", 1)[1].strip() for line in lines if line.startswith("Provides-Extra:")]
+    requirements = [Requirement(line.split(":", 1)[1]) for line in lines if line.startswith("Requires-Dist:")]
+    core = {canonicalize_name(r.name) for r in requirements if r.marker is None}
+    by_extra = {extra: {r for r in requirements if r.marker is not None and r.marker.evaluate({"extra": extra})}
+                for extra in extras}
+    resolved = {}
+    for extra, members in by_extra.items():
+        names = set()
+        for requirement in members:
+            if canonicalize_name(requirement.name) == "dali-hf":
+                names |= {canonicalize_name(r.name) for e in requirement.extras for r in by_extra[e]}
+            else:
+                names.add(canonicalize_name(requirement.name))
+        resolved[extra] = names
+    return core, resolved
+
+
+def imports(wheel: Path) -> dict[str, dict[str, str]]:
+    """{module file in the wheel: {top-level module imported anywhere in it (module level or inside functions):
+    its source}}, leaving out the standard library and the package itself."""
+    found = {}
+    with zipfile.ZipFile(wheel) as archive:
+        for name in archive.namelist():
+            if not name.endswith(".py"):
+                continue
+            source = archive.read(name).decode()
+            modules = set()
+            for node in ast.walk(ast.parse(source)):
+                if isinstance(node, ast.Import):
+                    modules |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    modules.add(node.module.split(".")[0])
+            modules -= set(sys.stdlib_module_names) | {"dali_hf", "__future__"}
+            found[name] = {module: source for module in modules}
+    return found
+
+
+@pytest.mark.slow  # builds the wheel
+def test_every_import_of_the_wheel_is_declared_or_its_extra_is_named(wheel):
+    core, extras = declared(wheel)
+    assert extras.get("eval") == {"pycocoevalcap"}
+    assert {"deepspeed", "trl", "pycocoevalcap", "pytest"} <= extras["dev"]
+    distributions = importlib.metadata.packages_distributions()
+    problems, optional = [], set()
+    for module_file, modules in imports(wheel).items():
+        for module, source in modules.items():
+            names = {canonicalize_name(d) for d in distributions.get(module, [])}
+            if not names:
+                problems.append(f"{module_file} imports {module}, which no installed distribution provides")
+            elif not names & core:
+                holding = sorted(extra for extra, members in extras.items() if names & members)
+                if not any(f"pip install 'dali-hf[{extra}]'" in source for extra in holding):
+                    problems.append(f"{module_file} imports {module} ({', '.join(sorted(names))}), which is not a "
+                                    f"core dependency, and names none of its extras {holding} in an install hint")
+                optional.add(module)
+    assert not problems, "\n".join(problems)
+    assert optional == {"pycocoevalcap"}  # the one optional import, in dali_hf/metrics.py
+
+
+@pytest.mark.slow  # the dali-hf command in a fresh process
+def test_evaluate_without_the_eval_extra_names_it_before_the_model_loads(llava_parts, tmp_path):
+    """pycocoevalcap hidden behind an empty package of that name, as after a plain `pip install dali-hf`: one line
+    naming the extra, no traceback, and nothing captioned (before, every clip was captioned, then the import
+    failed)."""
+    model = saved_captioner(llava_parts, "whisper", tmp_path / "model")
+    hidden = tmp_path / "without-eval-extra"
+    (hidden / "pycocoevalcap").mkdir(parents=True)
+    (hidden / "pycocoevalcap" / "__init__.py").write_text("")
+    (tmp_path / "audio").mkdir()
+    soundfile.write(tmp_path / "audio" / "clip.wav", random_clip(0), 16000)
+    (tmp_path / "clotho.csv").write_text("file_name,caption_1\nclip.wav,a dog barks\n")
+    env = {**os.environ, "PYTHONPATH": str(hidden), "HF_HUB_OFFLINE": "1"}
+    # metrics that need no CoreNLP, as a user would try (the default set is checked in test_scoring_tools)
+    result = subprocess.run([DALI_HF, "evaluate", "--model", str(model), "--data", str(tmp_path / "clotho.csv"),
+                             "--audio-dir", str(tmp_path / "audio"), "--output-dir", str(tmp_path / "out"),
+                             "--metrics", "bleu_4", "cider_d"], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "pip install 'dali-hf[eval]'" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # the dali-hf command in a fresh process
+def test_pseudo_caption_command_loads_the_model_as_an_installed_package(llava_parts, tmp_path):
+    """`dali-hf pseudo-caption` registers the model classes as the other commands do; without that, the command
+    asked for trust_remote_code and ended in a traceback."""
+    model = saved_captioner(llava_parts, "whisper", tmp_path / "model")
+    pairs_dataset(3, seed=1).save_to_disk(tmp_path / "pairs")
+    result = subprocess.run([DALI_HF, "pseudo-caption", "--model", str(model), "--data", str(tmp_path / "pairs"),
+                             "--output-dir", str(tmp_path / "pseudo"), "--max-new-tokens", "3"], capture_output=True,
+                            text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "3 pseudo-captions in" in result.stdout
