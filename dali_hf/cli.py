@@ -281,14 +281,11 @@ def _run_pseudo_caption(args) -> None:
     state = job_state()
     sampling = dict(do_sample=True, temperature=0.2) if args.preset == "paper" else dict(do_sample=False)
     model = AutoModel.from_pretrained(args.model).to(state.device if state.num_processes > 1 else "cpu")
-    try:
-        result = generate_pseudo_captions(model, AutoProcessor.from_pretrained(args.model),
-                                          datasets.load_from_disk(args.data), args.output_dir,
-                                          batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                                          prompt_preset=args.prompt_preset, resume=args.resume,
-                                          overwrite=args.overwrite, progress=not args.quiet, **sampling)
-    except KeyboardInterrupt:
-        _interrupted(os.path.join(args.output_dir, PSEUDO_CAPTIONS_FILE))
+    result = generate_pseudo_captions(model, AutoProcessor.from_pretrained(args.model),
+                                      datasets.load_from_disk(args.data), args.output_dir,
+                                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                      prompt_preset=args.prompt_preset, resume=args.resume,
+                                      overwrite=args.overwrite, progress=not args.quiet, **sampling)
     if state.is_main_process:
         print(f"{len(result)} pseudo-captions in {args.output_dir}")
 
@@ -342,12 +339,6 @@ def _job_output_error(error) -> None:
     raise SystemExit(f"error: {error}") from None
 
 
-def _interrupted(output: str) -> None:
-    """Ctrl-C: what was kept and how to go on, not a traceback."""
-    raise SystemExit(f"interrupted: every line written so far is kept in {output} (or its .part-* shares); rerun "
-                     "the same command with --resume to do the rest") from None
-
-
 def _run_caption(args) -> None:
     from .captioning import caption_files, scan_media
     from .modeling.media import IMAGE_EXTENSIONS, MEDIA_EXTENSIONS
@@ -383,8 +374,6 @@ def _run_caption(args) -> None:
                                 silence_threshold_db=args.silence_threshold_db)
     except OutputError as error:
         _job_output_error(error)
-    except KeyboardInterrupt:
-        _interrupted(args.output)
     if state.is_main_process:
         resumed = f" ({summary['resumed']} of them already there)" if summary["resumed"] else ""
         print(f"{summary['captioned']} of {len(files)} files captioned{resumed} -> {args.output}"
@@ -475,8 +464,6 @@ def _run_evaluate(args) -> None:
                                     progress=not args.quiet)
     except OutputError as error:
         _job_output_error(error)
-    except KeyboardInterrupt:
-        _interrupted(os.path.join(args.output_dir, "captions.jsonl"))
     from .trainers.jobs import job_state
 
     if not job_state().is_main_process:
@@ -712,15 +699,13 @@ def _after_interrupt(args, rest: list[str]) -> str:
             output = "the recipe's output_dir"
         return (f"finished stages and the interrupted stage's checkpoints are in {output}; run the same command again: "
                 "finished stages are skipped and the interrupted one resumes")
-    if command == "pseudo-caption":
-        return (f"the pseudo-captions made so far are kept in {args.output_dir}; run the same command again to go on "
-                "where it stopped")
-    if command == "caption":
-        return (f"{args.output} holds the files captioned so far, one line each; run the command again to caption "
-                "them all (it starts over)")
-    if command == "evaluate":
-        return (f"nothing was scored; {args.output_dir} holds at most part of the captions; run the command again "
-                "(it starts over)")
+    if command in ("caption", "pseudo-caption", "evaluate"):
+        from .trainers.pseudo_captions import PSEUDO_CAPTIONS_FILE
+
+        output = args.output if command == "caption" else os.path.join(
+            args.output_dir, PSEUDO_CAPTIONS_FILE if command == "pseudo-caption" else "captions.jsonl")
+        return (f"every line written so far is kept in {output} (or its .part-* shares); rerun the same command with "
+                "--resume to do the rest")
     if command == "convert-official":
         output = _flag_value(rest, "--output-dir") or "the --output-dir"
         return f"{output} may be incomplete: delete it and run the command again"
