@@ -8,7 +8,7 @@
 Each stage reads its section of the config, named as the stage (`STAGES` in `dali_hf.trainers.stages`).
 
 A stage whose folder holds `stage_complete.json` is skipped; an interrupted training stage resumes from its last
-checkpoint, and pseudo-captioning continues where it stopped.
+checkpoint (or from the `resume_from_checkpoint` of its "args"), and pseudo-captioning continues where it stopped.
 """
 
 import json
@@ -16,26 +16,51 @@ import os
 from pathlib import Path
 
 import datasets
+import torch
 from transformers import AutoModel, AutoProcessor
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
-__all__ = ["check_recipe", "run_recipe", "run_training_stage"]
+__all__ = ["check_recipe", "checkpoint_to_resume", "run_recipe", "run_training_stage"]
 
 RENAMED_SECTIONS = {"prefix": "prefix-tune", "pseudo_caption": "pseudo-caption"}  # earlier versions' names
 DONE = "stage_complete.json"
 
 
+def checkpoint_to_resume(args) -> str | None:
+    """The checkpoint a stage resumes from: `args.resume_from_checkpoint` when set (a checkpoint folder of the
+    Trainer, or "true" for the last one in `args.output_dir`), else the last checkpoint in `args.output_dir`, else
+    None. A ValueError names a path that is not a checkpoint, before anything loads."""
+    asked = args.resume_from_checkpoint
+    in_output_dir = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+    if asked is None:
+        return in_output_dir
+    if str(asked).lower() == "true":
+        if in_output_dir is None:
+            raise ValueError(f"--resume_from_checkpoint true: {args.output_dir} holds no checkpoint-N folder to "
+                             "resume from; pass the checkpoint's path, or leave the flag out to start afresh")
+        return in_output_dir
+    if not os.path.isdir(asked):
+        raise ValueError(f"--resume_from_checkpoint {asked}: no such folder; pass a checkpoint-N folder that a run "
+                         "wrote, or leave the flag out to resume from the last checkpoint in --output_dir")
+    if not os.path.isfile(os.path.join(asked, TRAINER_STATE_NAME)):
+        raise ValueError(f"--resume_from_checkpoint {asked} is not a Trainer checkpoint (it has no "
+                         f"{TRAINER_STATE_NAME}); pass a checkpoint-N folder that a run wrote, not a model folder")
+    return str(asked)
+
+
 def run_training_stage(trainer_class, args, model_path: str, train_dataset, eval_dataset=None, log=print):
     """Load the model and processor at `model_path`, train with `trainer_class` and `args` (the stage's
     TrainingArguments), save model + processor (and, for alignment, the token-distribution figure) to
-    `args.output_dir`, resuming from its last checkpoint if there is one."""
+    `args.output_dir`. It resumes from `args.resume_from_checkpoint` when set, else from the last checkpoint in
+    `args.output_dir` if there is one (`checkpoint_to_resume`)."""
     output_dir = args.output_dir
+    last = checkpoint_to_resume(args)
     # alignment loads only what it runs (no language model); the other stages load the whole captioner
     model = getattr(trainer_class, "load_model", AutoModel.from_pretrained)(model_path)
     processor = AutoProcessor.from_pretrained(model_path)
     trainer = trainer_class(model=model, args=args, processing_class=processor, train_dataset=train_dataset,
                             eval_dataset=eval_dataset)
-    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
     if last:
         log(f"resuming from {last}")
     trainer.train(resume_from_checkpoint=last)
@@ -118,10 +143,15 @@ def run_recipe(config: dict, log=print) -> str:
     pairs = load(pseudo.get("data", align["data"]))
 
     def caption(folder):
-        model = AutoModel.from_pretrained(model_path)
-        processor = AutoProcessor.from_pretrained(model_path)
-        generate_pseudo_captions(model, processor, pairs, folder, batch_size=pseudo.get("batch_size", 8),
-                                 **pseudo.get("generate", {}))
+        # under `accelerate launch` the main process captions alone (one file of captions), the others wait for it
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if not distributed or torch.distributed.get_rank() == 0:
+            model = AutoModel.from_pretrained(model_path)
+            processor = AutoProcessor.from_pretrained(model_path)
+            generate_pseudo_captions(model, processor, pairs, folder, batch_size=pseudo.get("batch_size", 8),
+                                     **pseudo.get("generate", {}))
+        if distributed:
+            torch.distributed.barrier()
 
     stage("pseudo-caption", caption)
     captions = load(os.path.join(folders["pseudo-caption"], "dataset"))
