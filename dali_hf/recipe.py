@@ -65,10 +65,15 @@ def run_training_stage(trainer_class, args, model_path: str, train_dataset, eval
         log(f"resuming from {last}")
     trainer.train(resume_from_checkpoint=last)
     trainer.save_model()
-    if trainer.is_world_process_zero():
+    main = trainer.is_world_process_zero()
+    if main:
         processor.save_pretrained(output_dir)
-        if hasattr(trainer, "plot_token_distributions"):
-            trainer.plot_token_distributions(os.path.join(output_dir, "token_distributions.png"))
+    # under FSDP / ZeRO-3 every process holds a shard of the weights, so every process runs the figure's forward
+    # passes (gathering them); the main process alone writes it
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    if hasattr(trainer, "plot_token_distributions") and (main or sharded):
+        trainer.plot_token_distributions(os.path.join(output_dir, "token_distributions.png") if main else os.devnull)
+    trainer.accelerator.wait_for_everyone()  # the folder is whole before any process reads it (the next stage)
     return trainer
 
 
