@@ -69,35 +69,30 @@ def test_scorers_get_gradient_only_from_their_objective(make_trainer, data, tmp_
 def test_scorers_step_on_unscaled_gradients_and_skip_an_overflow(make_trainer, data, tmp_path):
     """Under fp16 the Trainer's backward scales the loss (accelerate's GradScaler), so the scorers' gradients are
     scaled too: the scorers must step on the unscaled gradients, and skip a step whose gradients overflowed, as the
-    Trainer's own optimiser does. A CPU GradScaler stands in for the GPU one."""
-    import copy
+    audio side does. A CPU GradScaler stands in for the GPU one; one real optimiser step of the Trainer each (no
+    clipping: under fp16 accelerate unscales before it clips, which a scaler set by hand does not switch on)."""
 
-    trainer = make_trainer(data, tmp_path, objective="attentive_ot", uniform_epochs=0, lambda_values=[0.5])
-    trainer.current_gradient_accumulation_steps = 1  # set by the training loop
-    batch = trainer.data_collator([data[i] for i in range(4)])
-    start = copy.deepcopy(trainer.scorers.state_dict())
-
-    def scorers_after_one_step(scaler):
-        trainer.scorers.load_state_dict(start)
-        trainer.scorer_optimizer.state.clear()  # a fresh Adam
-        trainer.model.zero_grad()
+    def scorers_before_and_after_one_step(scaler, uniform_epochs=0):
+        trainer = make_trainer(data, tmp_path, objective="attentive_ot", uniform_epochs=uniform_epochs,
+                               lambda_values=[0.5], max_steps=1, max_grad_norm=0.0)
+        start = [p.detach().clone() for p in trainer.scorers.parameters()]
         trainer.accelerator.scaler = scaler
-        torch.manual_seed(0)
-        trainer.training_step(trainer.model, batch)
-        trainer.accelerator.scaler = None
-        return [p.detach().clone() for p in trainer.scorers.parameters()]
+        trainer.train()
+        return start, [p.detach().clone() for p in trainer.scorers.parameters()]
 
-    plain = scorers_after_one_step(None)
-    assert not all(torch.equal(a, b) for a, b in zip(plain, start.values(), strict=True))
-    scaled = scorers_after_one_step(torch.amp.GradScaler("cpu", init_scale=2.0**12))
+    start, plain = scorers_before_and_after_one_step(None)
+    assert not all(torch.equal(a, b) for a, b in zip(plain, start, strict=True))
+    start_scaled, scaled = scorers_before_and_after_one_step(torch.amp.GradScaler("cpu", init_scale=2.0**12))
+    for a, b in zip(start, start_scaled, strict=True):
+        assert torch.equal(a, b)
     for a, b in zip(plain, scaled, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-9)
-    overflowed = scorers_after_one_step(torch.amp.GradScaler("cpu", init_scale=float("inf")))
-    for a, b in zip(start.values(), overflowed, strict=True):
+    start, overflowed = scorers_before_and_after_one_step(torch.amp.GradScaler("cpu", init_scale=float("inf")))
+    for a, b in zip(start, overflowed, strict=True):
         assert torch.equal(a, b)
-    trainer.args.uniform_epochs = 1  # the scorers idle: no gradient, no step (and no error from the scaler)
-    idle = scorers_after_one_step(torch.amp.GradScaler("cpu", init_scale=2.0**12))
-    for a, b in zip(start.values(), idle, strict=True):
+    # the scorers idle (a uniform epoch): no gradient, no step (and no error from the scaler)
+    start, idle = scorers_before_and_after_one_step(torch.amp.GradScaler("cpu", init_scale=2.0**12), uniform_epochs=1)
+    for a, b in zip(start, idle, strict=True):
         assert torch.equal(a, b)
 
 
@@ -128,7 +123,9 @@ def test_overlapped_chunks_give_the_same_loss_and_gradients(make_trainer, data, 
 
 
 def test_resume_equals_uninterrupted_run(make_trainer, data, tmp_path):
-    settings = dict(objective="attentive_ot", num_train_epochs=2, save_strategy="steps", save_steps=4)
+    """Attentive OT with the feature augmentation: the scorers resume with the Trainer's checkpoint (weights and
+    their optimiser state), and the augmentation draws what the uninterrupted run draws."""
+    settings = dict(objective="attentive_ot", num_train_epochs=2, save_strategy="steps", save_steps=4, augment=True)
     full = make_trainer(data, tmp_path / "full", **settings)
     full.train()
     interrupted = make_trainer(data, tmp_path / "part", **settings)

@@ -5,6 +5,7 @@ For each (audio clip, video frame) pair, A = `model.get_audio_tokens(...)` (trai
 the loss compares the two token sets clip by clip (`objectives`) and averages over the batch.
 """
 
+import hashlib
 import itertools
 import os
 from collections import defaultdict
@@ -12,13 +13,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file, save_file
-from transformers import Trainer, TrainingArguments
+from safetensors.torch import load_file
+from transformers import Trainer, TrainingArguments, enable_full_determinism, set_seed
+from transformers.utils import logging
 
 from ..modeling import LlavaAudioForConditionalGeneration
 from .arguments import check_choices
 from .collators import AlignmentCollator, FeatureAugmentation
-from .lean import LlavaAudioAlignmentModel, load_alignment_model, load_alignment_weights
+from .lean import SCORERS_NAME, LlavaAudioAlignmentModel, load_alignment_model
 from .objectives import (
     AttentiveMarginals,
     contrastive_loss,
@@ -32,9 +34,8 @@ from .streaming import AlignmentStream, StreamLoader
 
 __all__ = ["AlignmentConfig", "DistributionAlignmentTrainer", "SCORERS_NAME"]
 
-SCORERS_NAME = "attentive_ot_scorers.safetensors"  # the scorers' weights, beside the captioner's (also written by
-# the converter of the authors' checkpoints)
-SCORER_OPTIMIZER_NAME = "scorer_optimizer.pt"
+logger = logging.get_logger(__name__)
+
 TRAINABLE = {"all": ("audio_tower", "audio_to_vision"), "projection": ("audio_to_vision",)}
 
 
@@ -79,7 +80,9 @@ class AlignmentConfig(TrainingArguments):
         lambda_final (`float`, *optional*, defaults to `100.0`):
             Lambda of every epoch after those of `lambda_values`.
         scorer_learning_rate (`float`, *optional*, defaults to `1e-4`):
-            Learning rate of the scorers' own Adam optimiser, whose betas are `adam_beta1` and `adam_beta2`.
+            Learning rate of the scorers' parameter group in the trainer's optimiser, constant (the learning-rate
+            schedule drives the audio side only), with betas `adam_beta1` and `adam_beta2` and no weight decay (the
+            authors' code: Adam).
         scorer_num_heads (`int`, *optional*, defaults to `8`):
             Attention heads of each scorer; they must divide the width of the image tokens.
         scorer_temperature (`float`, *optional*, defaults to `20.0`):
@@ -118,7 +121,7 @@ class AlignmentConfig(TrainingArguments):
             name.
         ddp_find_unused_parameters (`bool` or `None`, *optional*, defaults to `False`):
             Whether DDP searches for parameters without a gradient; every trained parameter is used at each step, so
-            it need not.
+            it need not, except attentive OT's scorers in its uniform epochs: the trainer then turns it on.
     """
 
     # Parameters that control the objective
@@ -166,8 +169,9 @@ class AlignmentConfig(TrainingArguments):
     )
     scorer_learning_rate: float = field(
         default=1e-4,
-        metadata={"help": "Learning rate of the scorers' own Adam optimiser, whose betas are `adam_beta1` and "
-                          "`adam_beta2`."},
+        metadata={"help": "Learning rate of the scorers' parameter group in the trainer's optimiser, constant (the "
+                          "learning-rate schedule drives the audio side only), with betas `adam_beta1` and "
+                          "`adam_beta2` and no weight decay (the authors' code: Adam)."},
     )
     scorer_num_heads: int = field(
         default=8,
@@ -234,7 +238,8 @@ class AlignmentConfig(TrainingArguments):
     ddp_find_unused_parameters: bool | None = field(
         default=False,
         metadata={"help": "Whether DDP searches for parameters without a gradient; every trained parameter is used "
-                          "at each step, so it need not."},
+                          "at each step, so it need not, except attentive OT's scorers in its uniform epochs: the "
+                          "trainer then turns it on."},
     )
 
     def __post_init__(self):
@@ -250,15 +255,20 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
     """Trains the audio side of a LlavaAudio model so its tokens match the image tokens' distribution.
 
     Objectives: contrastive (baseline), mmd, ot, attentive_ot. For attentive OT the scorers
-    ([`AttentiveMarginals`]) have their own Adam optimiser and train on OT(A, I; alpha, beta) - lambda (H(alpha) +
+    ([`AttentiveMarginals`]) are a submodule of the trained model (`model.scorers`, run by its forward pass) with a
+    parameter group of their own in the trainer's optimiser (`scorer_learning_rate`, constant; betas `adam_beta1`,
+    `adam_beta2`; no weight decay), so the Trainer and its engine (DDP, FSDP2, ZeRO-3) step, clip, reduce, shard,
+    checkpoint and restore them with the audio side. They train on OT(A, I; alpha, beta) - lambda (H(alpha) +
     H(beta)). What the encoder gets is `args.attentive_ot_gradient`: "plan" (default), OT(A, I; alpha, beta) with
     the weights as constants (the scorers see the audio tokens detached); "reference", the gradient of the authors'
     step, which backpropagates the scorer loss and then the OT loss into the encoder, both through the weights too.
     One OT solve serves all (gradients: plan for A, dual potentials for the weights). Evaluation and
-    best-checkpoint selection use uniform weights. Checkpoints hold the scorers and their optimiser.
+    best-checkpoint selection use uniform weights. Saved folders hold the scorers beside the captioner
+    (`SCORERS_NAME`).
 
     With `args.augment`, training batches (never evaluation batches) get the reference's feature augmentation
-    ([`FeatureAugmentation`]), drawn from a generator seeded with `args.seed` and the process index.
+    ([`FeatureAugmentation`]), drawn from a generator seeded, for each batch, from `args.seed`, the process index, the
+    global step and the batch's place in it: a resumed run draws what the uninterrupted one draws.
 
     `model` may be a captioner folder or Hub id: it is then loaded without its language model
     ([`LlavaAudioAlignmentModel`]), and every folder the trainer saves is still a complete captioner. A whole
@@ -284,6 +294,15 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
                 raise ValueError("pass processing_class=LlavaAudioProcessor (or a data_collator)")
             data_collator = AlignmentCollator(processing_class)
         freeze_all_but(model, *TRAINABLE[args.train_audio_parameters])
+        if args.objective == "attentive_ot":
+            if scorers is None:  # drawn as after the Trainer's seeding, whatever loading the model drew before
+                (enable_full_determinism if args.full_determinism else set_seed)(args.seed)
+            model.scorers = scorers or AttentiveMarginals(model.config.vision_config.hidden_size, args.scorer_num_heads,
+                                                          args.scorer_temperature, args.scorer_uniform_mix)
+            model.scorers.requires_grad_(True)
+            if args.uniform_epochs > 0 and not args.ddp_find_unused_parameters:
+                # the scorers get no gradient in the uniform epochs: DDP must not wait for theirs
+                args.ddp_find_unused_parameters = True
         if _is_streaming(kwargs.get("train_dataset")):
             kwargs["train_dataset"] = AlignmentStream(kwargs["train_dataset"], processing_class, seed=args.seed,
                                                       decode_workers=args.dataloader_num_workers or 4)
@@ -291,15 +310,8 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
                          **kwargs)
         self.loss_is_scaled_for_ga = False
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
-        self.scorers = None
-        if args.objective == "attentive_ot":
-            width = model.config.vision_config.hidden_size
-            self.scorers = scorers or AttentiveMarginals(width, args.scorer_num_heads, args.scorer_temperature,
-                                                         args.scorer_uniform_mix)
-            self.scorers.to(args.device)
-            self.scorer_optimizer = torch.optim.Adam(self.scorers.parameters(), lr=args.scorer_learning_rate,
-                                                     betas=(args.adam_beta1, args.adam_beta2))
         self.augmentation = None
+        self._augmented = (-1, 0)  # (global step, batches augmented in it)
         if args.augment:
             self.augmentation = FeatureAugmentation(args.augment_noise_scale, args.augment_roll,
                                                     seed=args.seed + args.process_index)
@@ -317,7 +329,62 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
         if isinstance(self.train_dataset, AlignmentStream) and resume_from_checkpoint \
                 and not self.args.ignore_data_skip:
             self._resume_stream(resume_from_checkpoint)
+        if self.scorers is not None and resume_from_checkpoint and not (self.is_deepspeed_enabled or
+                                                                        self.is_fsdp_enabled):
+            self._resume_scorers(resume_from_checkpoint)  # FSDP and DeepSpeed restore them with the model
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    @property
+    def scorers(self) -> AttentiveMarginals | None:
+        """Attentive OT's scorers (a submodule of the trained model), or None for the other objectives."""
+        return getattr(self.accelerator.unwrap_model(self.model), "scorers", None)
+
+    def _resume_scorers(self, checkpoint) -> None:
+        """The scorers' weights of a checkpoint (the Trainer's loader reads the captioner's, which holds none)."""
+        from transformers.trainer_utils import get_last_checkpoint
+
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        scorer_file = os.path.join(checkpoint or "", SCORERS_NAME)
+        if os.path.isfile(scorer_file):
+            self.scorers.load_state_dict(load_file(scorer_file))  # copied into the parameters, on their device
+        elif checkpoint and os.path.isdir(checkpoint):
+            logger.warning(f"{checkpoint} holds no {SCORERS_NAME}: the scorers start afresh")
+
+    # ---- the scorers' parameter group -------------------------------------------------------------------------
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimiser, plus a parameter group for the scorers with the authors' settings for them."""
+        opt_model = self.model if model is None else model
+        scorers = getattr(self.accelerator.unwrap_model(opt_model), "scorers", None)
+        if self.optimizer is not None or scorers is None:
+            return super().create_optimizer(model)
+        trained = [p for p in scorers.parameters() if p.requires_grad]
+        scorers.requires_grad_(False)  # left out of the Trainer's groups (and of their weight decay)
+        try:
+            optimizer = super().create_optimizer(model)
+        finally:
+            for param in trained:
+                param.requires_grad_(True)
+        optimizer.add_param_group({"params": trained, "lr": self.args.scorer_learning_rate,
+                                   "betas": (self.args.adam_beta1, self.args.adam_beta2), "weight_decay": 0.0,
+                                   SCORER_GROUP: True})
+        return optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """The Trainer's schedule for the audio side; the scorers keep their learning rate (the authors' code)."""
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        groups = scheduler.optimizer.param_groups
+        scorer_groups = [i for i, group in enumerate(groups) if group.get(SCORER_GROUP)]
+        if not scorer_groups:
+            return scheduler
+        if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            for i in scorer_groups:
+                scheduler.lr_lambdas[i] = _constant
+                groups[i]["lr"] = groups[i]["initial_lr"]
+        else:
+            logger.warning(f"the {type(scheduler).__name__} schedule also drives the scorers' learning rate")
+        return scheduler
 
     def _resume_stream(self, checkpoint) -> None:
         """Tell the stream where the checkpoint stopped, so the Trainer's fast-forward reads and decodes nothing."""
@@ -348,6 +415,7 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
         train = model.training
         lam = self.current_lambda() if (self.args.objective == "attentive_ot" and train) else None
         if train and self.augmentation is not None:
+            self.augmentation.generator.manual_seed(self._augmentation_seed())
             inputs = self.augmentation.apply(inputs)
         # every chunk's forward pass is issued before any OT result is waited for: the CPU solves one chunk while
         # the device computes the next
@@ -368,6 +436,16 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
         return loss, {"audio_tokens": torch.cat([s[0] for s in started]),
                       "image_tokens": torch.cat([s[1] for s in started])}
 
+    def _augmentation_seed(self) -> int:
+        """The seed of this batch's augmentation: a function of the run's seed, the process, the global step and the
+        batch's place in it (gradient accumulation), so that nothing needs saving for a resumed run to draw the same."""
+        step = self.state.global_step
+        last_step, count = self._augmented
+        count = count + 1 if last_step == step else 0
+        self._augmented = (step, count)
+        key = f"{self.args.seed}/{self.args.process_index}/{step}/{count}".encode()
+        return int.from_bytes(hashlib.sha256(key).digest()[:8], "little")
+
     def _chunks(self, inputs):
         chunks = self.args.ot_overlap_chunks
         if chunks <= 1 or self.args.objective not in ("ot", "attentive_ot") or self.args.solver != "exact":
@@ -376,20 +454,21 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
         return [{key: value[start:start + size] for key, value in inputs.items()}
                 for start in range(0, len(inputs["input_features"]), size)]
 
-    def _tokens(self, model, inputs):
-        # One forward pass of the (wrapped) model gives both token sets, so FSDP / ZeRO-3 gather the frozen vision
-        # tower's weights as for any forward; nothing on the image side requires grad, so no graph is kept there.
+    def _tokens(self, model, inputs, token_weights=None):
+        # One forward pass of the (wrapped) model gives both token sets (and the scorers' weights), so FSDP / ZeRO-3
+        # gather the frozen vision tower's and the scorers' weights as for any forward; nothing on the image side
+        # requires grad, so no graph is kept there.
         cached = inputs.get("image_tokens")  # the frozen tower's tokens for a frame never change
         outputs = model(input_features=inputs["input_features"], input_features_mask=inputs.get("input_features_mask"),
-                        pixel_values=None if cached is not None else inputs["pixel_values"])
-        image = cached if cached is not None else outputs.image_tokens
-        return outputs.audio_tokens, image.detach().to(outputs.audio_tokens.dtype)
+                        pixel_values=None if cached is not None else inputs["pixel_values"], image_tokens=cached,
+                        token_weights=token_weights)
+        return outputs, outputs.audio_tokens, outputs.image_tokens.detach().to(outputs.audio_tokens.dtype)
 
     def _start_objective(self, model, inputs, lam):
         """Tokens of one chunk and a function giving its per-clip terms: "loss" (what the gradient flows from) and
         the terms to log. OT solves start here and are waited for in that function."""
         args = self.args
-        audio, image = self._tokens(model, inputs)
+        outputs, audio, image = self._tokens(model, inputs, None if lam is None else args.attentive_ot_gradient)
         if args.objective == "contrastive":
             losses = contrastive_loss(audio, image, args.contrastive_temperature)
             return audio, image, lambda: {"loss": losses, "contrastive": losses.detach()}
@@ -404,19 +483,15 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
                 return {"loss": losses, "ot": losses.detach()}
 
             return audio, image, finish
+        alpha, beta = outputs.audio_weights, outputs.image_weights  # what the scorers' entropy is computed on
         if args.attentive_ot_gradient == "reference":
-            alpha, beta = self.scorers(audio, image)
             # The authors' step backpropagates OT - lambda H (for the scorers), then OT, into the same encoder
             # gradients: the encoder gets OT's gradient twice, through plan and weights, the scorers once. Here one
-            # solve does it: the tokens count twice in the cost and the weights reach the tokens a second time
-            # through the scorers with their parameters held constant (values unchanged).
-            frozen = {name: p.detach() for name, p in self.scorers.named_parameters()}
-            alpha_again, beta_again = torch.func.functional_call(self.scorers, frozen, (audio, image))
-            alpha_ot, beta_ot = _plus_gradient(alpha, alpha_again), _plus_gradient(beta, beta_again)
-            pending = start_ot_loss(_plus_gradient(audio, audio), image, alpha_ot, beta_ot, solver=args.solver,
-                                    epsilon=args.epsilon)
+            # solve does it: the tokens count twice in the cost, and the transport weights reach them twice (the
+            # model's forward, values unchanged).
+            pending = start_ot_loss(_plus_gradient(audio, audio), image, outputs.audio_transport_weights,
+                                    outputs.image_transport_weights, solver=args.solver, epsilon=args.epsilon)
         else:
-            alpha, beta = self.scorers(audio.detach(), image)
             pending = start_ot_loss(audio, image, alpha, beta, solver=args.solver, epsilon=args.epsilon)
 
         def finish_attentive():
@@ -428,40 +503,6 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
                     "entropy_audio": h_audio.detach(), "entropy_image": h_image.detach()}
 
         return audio, image, finish_attentive
-
-    # ---- the scorers' optimisation ----------------------------------------------------------------------------
-    # The scorers are a second trained model with its own optimiser, stepped here by hand rather than through
-    # accelerate's `prepare_model` / `prepare_optimizer`, which do not fit a model beside the Trainer's:
-    # - `prepare_model` wraps the forward in autocast under mixed precision, so the scorers (fp32 today) would run in
-    #   half precision and every bf16 / fp16 run would change; with FSDP2 it refuses a model without its optimiser,
-    #   with FSDP1 it shards the scorers as a model of their own, with DeepSpeed it returns them unwrapped (no
-    #   all-reduce); and the Trainer's `no_sync` covers its own model only, so DDP would all-reduce every micro-batch.
-    # - a prepared optimiser calls `scaler.update()` after its own step under fp16, so with the Trainer's optimiser the
-    #   shared GradScaler would move twice per step and one optimiser would unscale with the other's new scale. Here the
-    #   scorers step through `scaler.step` only, and the Trainer's step updates the scale once for both.
-    # - accelerate's `register_for_checkpointing` is read by `save_state`, which the Trainer's checkpoints never call:
-    #   the scorer optimiser goes into the Trainer's checkpoint folder beside its own (see "the scorers in checkpoints").
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        if self.scorers is not None and self.accelerator.sync_gradients:
-            self._step_scorers()
-        return loss
-
-    def _step_scorers(self) -> None:
-        """One optimiser step of the scorers on their gradients, averaged over processes (each saw its own clips)."""
-        if all(param.grad is None for param in self.scorers.parameters()):
-            return  # an epoch of uniform weights: the scorers were not used (the same epoch on every process)
-        if self.accelerator.num_processes > 1:
-            for param in self.scorers.parameters():
-                if param.grad is not None:
-                    param.grad = self.accelerator.reduce(param.grad, reduction="mean")
-        scaler = self.accelerator.scaler  # fp16: the loss was scaled, so are the scorers' gradients
-        if scaler is None:
-            self.scorer_optimizer.step()
-        else:
-            scaler.step(self.scorer_optimizer)  # unscales, skips the step on inf / NaN gradients
-        self.scorer_optimizer.zero_grad(set_to_none=True)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
@@ -507,49 +548,12 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
         self._metrics[mode].clear()
         super().log(logs, start_time)
 
-    # ---- the scorers in checkpoints --------------------------------------------------------------------------
-    # The Trainer writes and reads its checkpoint's optimiser, scheduler and scaler in these two methods (it never
-    # calls accelerate's save_state / load_state), and no public hook sees the checkpoint folder on both sides: the
-    # scorer optimiser rides along here, so `resume_from_checkpoint` restores it with the Trainer's.
 
-    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        super()._save_optimizer_and_scheduler(output_dir)
-        if self.scorers is not None and self.args.should_save:  # the scorer weights go with the model (save_model)
-            torch.save(self.scorer_optimizer.state_dict(), os.path.join(output_dir, SCORER_OPTIMIZER_NAME))
+SCORER_GROUP = "attentive_ot_scorers"  # marks the scorers' parameter group in the optimiser
 
-    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None or self.scorers is None:
-            return
-        scorer_file = os.path.join(checkpoint, SCORERS_NAME)
-        if os.path.isfile(scorer_file):
-            self.scorers.load_state_dict(load_file(scorer_file, device=str(self.args.device)))
-            optimizer_file = os.path.join(checkpoint, SCORER_OPTIMIZER_NAME)
-            if os.path.isfile(optimizer_file):
-                self.scorer_optimizer.load_state_dict(
-                    torch.load(optimizer_file, map_location=self.args.device, weights_only=True))
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        model = model if model is not None else self.model
-        if self._reads_its_own_checkpoints(model):
-            load_alignment_weights(model, resume_from_checkpoint)  # not the language model the checkpoint holds
-            return
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-
-    def _load_best_model(self) -> None:
-        if self._reads_its_own_checkpoints(self.model):
-            load_alignment_weights(self.model, self.state.best_model_checkpoint)
-            return
-        super()._load_best_model()
-
-    def _reads_its_own_checkpoints(self, model) -> bool:
-        # FSDP and DeepSpeed restore their own sharded checkpoints, which hold only the model's parts anyway
-        return isinstance(model, LlavaAudioAlignmentModel) and not (self.is_fsdp_enabled or self.is_deepspeed_enabled)
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        super().save_model(output_dir, _internal_call)
-        if self.scorers is not None and self.args.should_save:
-            save_file(self.scorers.state_dict(), os.path.join(output_dir or self.args.output_dir, SCORERS_NAME))
+def _constant(step: int) -> float:
+    return 1.0
 
 
 def _plus_gradient(value: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
