@@ -13,6 +13,7 @@ checkpoint (or from the `resume_from_checkpoint` of its "args"), and pseudo-capt
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
@@ -151,7 +152,8 @@ def run_recipe(config: dict, log=print) -> str:
         # under `accelerate launch` the main process captions alone (one file of captions), the others wait for it
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         if not distributed or torch.distributed.get_rank() == 0:
-            model = AutoModel.from_pretrained(model_path)
+            with _whole_model_loading():
+                model = AutoModel.from_pretrained(model_path)
             processor = AutoProcessor.from_pretrained(model_path)
             generate_pseudo_captions(model, processor, pairs, folder, batch_size=pseudo.get("batch_size", 8),
                                      **pseudo.get("generate", {}))
@@ -164,3 +166,18 @@ def run_recipe(config: dict, log=print) -> str:
         AudioVisualDistillationTrainer, stage_args(DistillationConfig, config.get("distill", {}), folder),
         model_path, attach_captions(pairs, captions), log=log))
     return folders["distill"]
+
+
+@contextmanager
+def _whole_model_loading():
+    """`from_pretrained` loading the whole model in this process. Under a ZeRO-3 launch, Transformers partitions
+    every model it loads over the processes (`deepspeed.zero.Init`, a collective that the others, waiting for the
+    captions, never join); the captioning stage runs on the main process alone, with the whole model."""
+    from transformers.integrations import deepspeed
+
+    engaged = deepspeed._hf_deepspeed_config_weak_ref  # no public getter: the launch's ZeRO-3 config, restored below
+    deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        deepspeed._hf_deepspeed_config_weak_ref = engaged
