@@ -1,5 +1,6 @@
 """Launched by test_alignment.py, alone or under `accelerate launch --num_processes 2`: a short alignment run whose
-logged loss and OT term are written as JSON by the main process. The model is given as a captioner folder, so the
+logged loss and OT term are written as JSON by the main process; with "resume", a second trainer then resumes the
+run from its checkpoint of step 4 and saves to `final-resumed`. The model is given as a captioner folder, so the
 trainer loads it without its language model. Data: the pairs as a map-style dataset, or streamed (a sharded,
 shuffled `datasets.IterableDataset` through AlignmentStream, with each batch's OT solves split in two chunks).
 It imports only installed packages, so it runs as a script from any folder."""
@@ -20,11 +21,12 @@ from transformers import AutoProcessor
 from dali_hf.testing import pairs_dataset
 
 
-def main(output_dir: str, per_device_batch: int, objective: str, data: str, model_dir: str) -> None:
+def main(output_dir: str, per_device_batch: int, objective: str, data: str, model_dir: str, resume: bool) -> None:
     torch.set_num_threads(1)
     processor = AutoProcessor.from_pretrained(model_dir)
     args = AlignmentConfig(output_dir=output_dir, objective=objective, per_device_train_batch_size=per_device_batch,
-                           learning_rate=1e-3, num_train_epochs=2, logging_steps=1, save_strategy="no",
+                           learning_rate=1e-3, num_train_epochs=2, logging_steps=1,
+                           save_strategy="steps" if resume else "no", save_steps=4,
                            report_to=[], seed=0, use_cpu=True, disable_tqdm=True, uniform_epochs=1,
                            lambda_values=[0.05], lambda_final=0.05, ot_overlap_chunks=2 if data == "stream" else 1)
     train = pairs_dataset()
@@ -37,10 +39,16 @@ def main(output_dir: str, per_device_batch: int, objective: str, data: str, mode
     trainer.train()
     if not trainer.is_fsdp_enabled:  # the shipped FSDP config saves sharded checkpoints, no model folder
         trainer.save_model(str(Path(output_dir, "final")))
+    if resume:
+        resumed = DistributionAlignmentTrainer(model=model_dir, args=args, train_dataset=train,
+                                               processing_class=processor)
+        resumed.train(resume_from_checkpoint=str(Path(output_dir, "checkpoint-4")))
+        resumed.save_model(str(Path(output_dir, "final-resumed")))
     if trainer.is_world_process_zero():
         logged = {name: [log[name] for log in trainer.state.log_history if name in log] for name in ("loss", "ot")}
         Path(output_dir, "losses.json").write_text(json.dumps(logged))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[5], sys.argv[6])  # argv[4]: the expected number of processes
+    # argv[4]: the expected number of processes
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[5], sys.argv[6], sys.argv[7:] == ["resume"])

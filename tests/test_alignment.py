@@ -178,23 +178,31 @@ def test_align_cli_trains_and_writes_a_loadable_folder(data, tmp_path, stream):
 
 
 @pytest.mark.slow  # two accelerate launches of a fresh Python each
-@pytest.mark.parametrize("objective,data,config", [("ot", "map", "ddp"), ("attentive_ot", "map", "ddp"),
-                                                    ("attentive_ot", "stream", "ddp"), ("ot", "stream", "fsdp")])
-def test_two_processes_give_the_loss_curve_of_one(tmp_path, objective, data, config):
+@pytest.mark.parametrize("objective,data,config,resume", [
+    ("ot", "map", "ddp", False), ("attentive_ot", "map", "ddp", True), ("attentive_ot", "stream", "ddp", False),
+    ("ot", "stream", "fsdp", False), ("attentive_ot", "map", "deepspeed_zero3", True)])
+def test_two_processes_give_the_loss_curve_of_one(tmp_path, objective, data, config, resume):
     """The shipped accelerate configs, unchanged but for the process count and precision: without a GPU, DDP and
-    FSDP2 run over CPU processes (gloo). The trainer loads the captioner folder without its language model."""
+    FSDP2 run over CPU processes (gloo), DeepSpeed over its CPU accelerator. The trainer loads the captioner folder
+    without its language model; the folders it saves are complete captioners with the scorers beside them, and a
+    run resumed from its checkpoint of step 4 ends where the uninterrupted one does."""
     import json
     import os
     import subprocess
     import sys
     from pathlib import Path
 
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    if config.startswith("deepspeed"):
+        pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install deepspeed)")
     script = str(Path(__file__).parent / "ddp_align.py")
     model, processor, _ = tiny_captioner("ast")
     model.save_pretrained(tmp_path / "captioner")
     processor.save_pretrained(tmp_path / "captioner")
     config_file = str(Path(__file__).parents[1] / "configs" / "accelerate" / f"{config}.yaml")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}
     single = subprocess.run([sys.executable, script, str(tmp_path / "one"), "4", objective, "1", data,
                              str(tmp_path / "captioner")], env=env,
                             capture_output=True, text=True)
@@ -202,20 +210,34 @@ def test_two_processes_give_the_loss_curve_of_one(tmp_path, objective, data, con
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_file, "--num_processes", "2",
               "--mixed_precision", "no"]
     double = subprocess.run([*launch, script, str(tmp_path / "two"), "2", objective, "2", data,
-                             str(tmp_path / "captioner")], env=env,
-                            capture_output=True, text=True)
+                             str(tmp_path / "captioner"), *(["resume"] if resume else [])], env=env,
+                            capture_output=True, text=True, timeout=900)
     assert double.returncode == 0, double.stderr[-3000:]
     one = json.loads((tmp_path / "one" / "losses.json").read_text())
     two = json.loads((tmp_path / "two" / "losses.json").read_text())
     assert len(one["loss"]) == len(two["loss"]) == 8
     assert np.allclose(one["loss"], two["loss"], rtol=1e-4), (one, two)
     assert np.allclose(one["ot"], two["ot"], rtol=1e-4), (one, two)  # logged terms: the mean over processes
-    if config == "ddp":  # the main process wrote a complete captioner: the trained audio parts, the untouched LM
-        from transformers import AutoModel
-
-        start, final_one, final_two = (AutoModel.from_pretrained(path) for path in (
-            tmp_path / "captioner", tmp_path / "one" / "final", tmp_path / "two" / "final"))
-        assert torch.equal(final_two.lm_head.weight, start.lm_head.weight)
-        assert not torch.equal(final_two.model.audio_to_vision.weight, start.model.audio_to_vision.weight)
-        torch.testing.assert_close(final_two.model.audio_to_vision.weight, final_one.model.audio_to_vision.weight,
-                                   rtol=1e-4, atol=1e-5)
+    if config == "fsdp":  # the shipped FSDP config saves sharded checkpoints, no model folder
+        return
+    # the main process wrote a complete captioner: the trained audio parts, the untouched LM, the same files
+    start, final_one, final_two = (AutoModel.from_pretrained(path) for path in (
+        tmp_path / "captioner", tmp_path / "one" / "final", tmp_path / "two" / "final"))
+    assert sorted(os.listdir(tmp_path / "two" / "final")) == sorted(os.listdir(tmp_path / "one" / "final"))
+    assert final_two.state_dict().keys() == start.state_dict().keys()
+    assert torch.equal(final_two.lm_head.weight, start.lm_head.weight)
+    assert not torch.equal(final_two.model.audio_to_vision.weight, start.model.audio_to_vision.weight)
+    torch.testing.assert_close(final_two.model.audio_to_vision.weight, final_one.model.audio_to_vision.weight,
+                               rtol=1e-4, atol=1e-5)
+    if objective == "attentive_ot":
+        scorers_one, scorers_two = (load_file(tmp_path / run / "final" / SCORERS_NAME) for run in ("one", "two"))
+        assert scorers_two.keys() == scorers_one.keys()
+        for name, tensor in scorers_one.items():
+            torch.testing.assert_close(scorers_two[name], tensor, rtol=1e-4, atol=1e-5)
+    if resume:  # resumed from the checkpoint of step 4 (of 8), by two processes: the uninterrupted run's model
+        resumed = AutoModel.from_pretrained(tmp_path / "two" / "final-resumed")
+        for name, tensor in final_two.state_dict().items():
+            assert torch.equal(resumed.state_dict()[name], tensor), name
+        scorers = load_file(tmp_path / "two" / "final" / SCORERS_NAME)
+        for name, tensor in load_file(tmp_path / "two" / "final-resumed" / SCORERS_NAME).items():
+            assert torch.equal(tensor, scorers[name]), name

@@ -513,7 +513,9 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
     @torch.no_grad()
     def plot_token_distributions(self, path, dataset=None, num_clips: int = 32, batch_size: int = 8) -> None:
         """Save the token-distribution figure (2-D PCA of audio vs image tokens, per-clip means and per token) for
-        the first `num_clips` pairs of `dataset` (default: the eval set, else the training set)."""
+        the first `num_clips` pairs of `dataset` (default: the eval set, else the training set). Under DeepSpeed
+        ZeRO-3 and FSDP, whose forward pass gathers the weights from every process, call it on every process; only
+        the main process writes the figure."""
         from .figures import plot_token_distributions
 
         dataset = dataset if dataset is not None else (self.eval_dataset or self.train_dataset)
@@ -530,8 +532,9 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
                             input_features_mask=batch.get("input_features_mask"))
             audio.append(outputs.audio_tokens)
             image.append(outputs.image_tokens if cached is None else cached.to(outputs.audio_tokens.dtype))
-        plot_token_distributions(torch.cat(audio), torch.cat(image), path,
-                                 title=f"{self.args.objective}, step {self.state.global_step}")
+        if self.is_world_process_zero():
+            plot_token_distributions(torch.cat(audio), torch.cat(image), path,
+                                     title=f"{self.args.objective}, step {self.state.global_step}")
 
     # ---- logging -----------------------------------------------------------------------------------------------
 
