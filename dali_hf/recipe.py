@@ -73,7 +73,7 @@ def run_training_stage(trainer_class, args, model_path: str, train_dataset, eval
     # passes (gathering them); the main process alone writes it
     sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
     if hasattr(trainer, "plot_token_distributions") and (main or sharded):
-        trainer.plot_token_distributions(os.path.join(output_dir, "token_distributions.png") if main else os.devnull)
+        trainer.plot_token_distributions(os.path.join(output_dir, "token_distributions.png"))
     trainer.accelerator.wait_for_everyone()  # the folder is whole before any process reads it (the next stage)
     return trainer
 
