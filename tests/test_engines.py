@@ -39,7 +39,7 @@ TRAINED = {"1a-prefix-tune": ("model.prefix_embeddings",),
            "1b-align": ("model.audio_tower.", "model.audio_to_vision."),
            "2b-distill": ("model.audio_multi_modal_projector.",)}
 # 2 processes vs 1 at the same global batch: the same sums in another order (float32, gloo reductions)
-TOLERANCE = dict(rtol=1e-4, atol=1e-6)
+TOLERANCE = dict(rtol=1e-4, atol=1e-5)
 STEPS = ["--max_steps", "4", "--save_steps", "2", "--logging_steps", "1", "--report_to", "none", "--disable_tqdm",
          "true", "--use_cpu", "true", "--seed", "0"]
 ATTENTIVE = ["--objective", "attentive_ot", "--uniform_epochs", "1", "--lambda_values", "0.05", "--lambda_final",
