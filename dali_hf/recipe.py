@@ -12,8 +12,8 @@ checkpoint (or from the `resume_from_checkpoint` of its "args"), and pseudo-capt
 """
 
 import json
+import multiprocessing
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
@@ -113,7 +113,6 @@ def run_recipe(config: dict, log=print) -> str:
         PrefixTuningConfig,
         PrefixTuningTrainer,
         attach_captions,
-        generate_pseudo_captions,
     )
     from .trainers.stages import STAGES
 
@@ -149,16 +148,22 @@ def run_recipe(config: dict, log=print) -> str:
     pairs = load(pseudo.get("data", align["data"]))
 
     def caption(folder):
-        # under `accelerate launch` the main process captions alone (one file of captions), the others wait for it
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if not distributed or torch.distributed.get_rank() == 0:
-            with _whole_model_loading():
-                model = AutoModel.from_pretrained(model_path)
-            processor = AutoProcessor.from_pretrained(model_path)
-            generate_pseudo_captions(model, processor, pairs, folder, batch_size=pseudo.get("batch_size", 8),
-                                     **pseudo.get("generate", {}))
-        if distributed:
-            torch.distributed.barrier()
+        settings = dict(batch_size=pseudo.get("batch_size", 8), **pseudo.get("generate", {}))
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            _caption(model_path, pairs, folder, settings)
+            return
+        # under `accelerate launch` the main process captions alone (one file of captions) while the others wait,
+        # in a fresh Python process: the engine's state (ZeRO-3's partitioning of every model loaded and its patched
+        # module classes, the process group) stays out of one-process generation
+        if torch.distributed.get_rank() == 0:
+            child = multiprocessing.get_context("spawn").Process(target=_caption,
+                                                                 args=(model_path, pairs, folder, settings))
+            child.start()
+            child.join()
+            if child.exitcode != 0:
+                raise RuntimeError(f"pseudo-captioning into {folder} failed (exit status {child.exitcode}); rerun "
+                                   "the same command to resume it")
+        torch.distributed.barrier()
 
     stage("pseudo-caption", caption)
     captions = load(os.path.join(folders["pseudo-caption"], "dataset"))
@@ -168,16 +173,11 @@ def run_recipe(config: dict, log=print) -> str:
     return folders["distill"]
 
 
-@contextmanager
-def _whole_model_loading():
-    """`from_pretrained` loading the whole model in this process. Under a ZeRO-3 launch, Transformers partitions
-    every model it loads over the processes (`deepspeed.zero.Init`, a collective that the others, waiting for the
-    captions, never join); the captioning stage runs on the main process alone, with the whole model."""
-    from transformers.integrations import deepspeed
+def _caption(model_path: str, pairs, folder: str, settings: dict) -> None:
+    from ._registration import register
+    from .trainers import generate_pseudo_captions
 
-    engaged = deepspeed._hf_deepspeed_config_weak_ref  # no public getter: the launch's ZeRO-3 config, restored below
-    deepspeed.unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        deepspeed._hf_deepspeed_config_weak_ref = engaged
+    register()  # a fresh process of the `dali-hf` command, which registers nothing at import
+
+    model = AutoModel.from_pretrained(model_path)
+    generate_pseudo_captions(model, AutoProcessor.from_pretrained(model_path), pairs, folder, **settings)
