@@ -211,9 +211,14 @@ def test_two_processes_give_the_loss_curve_of_one(tmp_path, objective, data, con
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config_file, "--num_processes", "2",
               "--mixed_precision", "no"]
     double = subprocess.run([*launch, script, str(tmp_path / "two"), "2", objective, "2", data,
-                             str(tmp_path / "captioner"), *(["resume"] if resume else [])], env=env,
+                             str(tmp_path / "captioner"), *(["checkpoints"] if resume else [])], env=env,
                             capture_output=True, text=True, timeout=900)
     assert double.returncode == 0, double.stderr[-3000:]
+    if resume:  # a third launch resumes the 2-process run from its checkpoint of step 4 (of 8)
+        resumed = subprocess.run([*launch, script, str(tmp_path / "resumed"), "2", objective, "2", data,
+                                  str(tmp_path / "captioner"), str(tmp_path / "two" / "checkpoint-4")], env=env,
+                                 capture_output=True, text=True, timeout=900)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
     one = json.loads((tmp_path / "one" / "losses.json").read_text())
     two = json.loads((tmp_path / "two" / "losses.json").read_text())
     assert len(one["loss"]) == len(two["loss"]) == 8
@@ -232,12 +237,15 @@ def test_two_processes_give_the_loss_curve_of_one(tmp_path, objective, data, con
     if objective == "attentive_ot":
         scorers_one, scorers_two = (load_file(tmp_path / run / "final" / SCORERS_NAME) for run in ("one", "two"))
         assert scorers_two.keys() == scorers_one.keys()
-        for name, tensor in scorers_one.items():
-            torch.testing.assert_close(scorers_two[name], tensor, rtol=1e-4, atol=1e-5)
-    if resume:  # resumed from the checkpoint of step 4 (of 8), by two processes: the uninterrupted run's model
-        resumed = AutoModel.from_pretrained(tmp_path / "two" / "final-resumed")
+        for name, tensor in scorers_one.items():  # Adam normalises each gradient: an element whose gradient is
+            # about zero may move by up to a step of the scorers' learning rate (1e-4) on summation-order noise; the
+            # mean difference stays a tenth of a step
+            difference = (scorers_two[name] - tensor).abs()
+            assert difference.max() <= 1e-4 and difference.mean() < 1e-5, (name, difference.max(), difference.mean())
+    if resume:  # the resumed run ends with the uninterrupted run's model and scorers
+        final_resumed = AutoModel.from_pretrained(tmp_path / "resumed" / "final")
         for name, tensor in final_two.state_dict().items():
-            assert torch.equal(resumed.state_dict()[name], tensor), name
+            assert torch.equal(final_resumed.state_dict()[name], tensor), name
         scorers = load_file(tmp_path / "two" / "final" / SCORERS_NAME)
-        for name, tensor in load_file(tmp_path / "two" / "final-resumed" / SCORERS_NAME).items():
+        for name, tensor in load_file(tmp_path / "resumed" / "final" / SCORERS_NAME).items():
             assert torch.equal(tensor, scorers[name]), name

@@ -193,7 +193,8 @@ def test_augmentation_applies_to_training_batches_only(tmp_path):
     trainer = _alignment_trainer(tmp_path, augment=True, objective="mmd")
     seen = []
     tokens = trainer._tokens
-    trainer._tokens = lambda model, inputs: seen.append(inputs["input_features"]) or tokens(model, inputs)
+    trainer._tokens = lambda model, inputs, **kwargs: seen.append(inputs["input_features"]) or tokens(model, inputs,
+                                                                                                       **kwargs)
     batch = {"input_features": torch.randn(3, 64, 32), "pixel_values": torch.randn(3, 3, 32, 32)}
     with torch.no_grad():
         trainer.compute_loss(trainer.model.eval(), batch)

@@ -468,7 +468,8 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
         """Tokens of one chunk and a function giving its per-clip terms: "loss" (what the gradient flows from) and
         the terms to log. OT solves start here and are waited for in that function."""
         args = self.args
-        outputs, audio, image = self._tokens(model, inputs, None if lam is None else args.attentive_ot_gradient)
+        outputs, audio, image = self._tokens(model, inputs,
+                                             token_weights=None if lam is None else args.attentive_ot_gradient)
         if args.objective == "contrastive":
             losses = contrastive_loss(audio, image, args.contrastive_temperature)
             return audio, image, lambda: {"loss": losses, "contrastive": losses.detach()}

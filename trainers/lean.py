@@ -98,7 +98,9 @@ class LlavaAudioAlignmentModel(LlavaAudioPreTrainedModel):
     captioner's); `save_pretrained` writes a complete captioner, taking the parts it does not hold from that folder,
     which must therefore stay where it is and cannot be the folder saved to. Built from a captioner in memory
     (`from_captioner`), it shares that captioner's parts and saves it. Its forward pass returns the two token sets
-    that alignment compares ([`LlavaAudioTokensOutput`]).
+    that alignment compares ([`LlavaAudioTokensOutput`]) and, with `token_weights` and attentive OT's scorers set
+    as `model.scorers`, their token weights; the scorers are saved beside the captioner (`SCORERS_NAME`).
+    `load_state_dict` also takes a whole captioner's state dict (a Trainer checkpoint) and keeps its own tensors.
     """
 
     def __init__(self, config):
