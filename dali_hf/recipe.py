@@ -57,6 +57,7 @@ def run_training_stage(trainer_class, args, model_path: str, train_dataset, eval
     `args.output_dir` if there is one (`checkpoint_to_resume`)."""
     output_dir = args.output_dir
     last = checkpoint_to_resume(args)
+    _import_model_code(model_path)
     # alignment loads only what it runs (no language model); the other stages load the whole captioner
     model = getattr(trainer_class, "load_model", AutoModel.from_pretrained)(model_path)
     processor = AutoProcessor.from_pretrained(model_path)
@@ -171,6 +172,22 @@ def run_recipe(config: dict, log=print) -> str:
         AudioVisualDistillationTrainer, stage_args(DistillationConfig, config.get("distill", {}), folder),
         model_path, attach_captions(pairs, captions), log=log))
     return folders["distill"]
+
+
+def _import_model_code(model_path: str) -> None:
+    """Import the modules of the captioner's towers now, before any model loads. Under ZeRO-3 a model loads inside
+    `deepspeed.zero.Init`, which patches the `__init__` of the module classes and restores, on leaving, the one it
+    first saw: a class whose module is first imported there (Transformers imports them lazily) loses the `__init__`
+    that the `kernels` decorators give it (Llama's attention), and a second captioner loaded by the same process (the
+    2b stage of `dali-hf train`) then fails in its forward pass."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    config = AutoConfig.from_pretrained(model_path)
+    for name in getattr(config, "sub_configs", {}):
+        sub_config = getattr(config, name, None)
+        if sub_config is not None and type(sub_config) in MODEL_MAPPING:
+            MODEL_MAPPING[type(sub_config)]  # the lazy mapping imports the class's module
 
 
 def _caption(model_path: str, pairs, folder: str, settings: dict) -> None:
