@@ -199,3 +199,21 @@ def test_attentive_ot_under_each_engine_equals_one_process_and_resumes_from_a_pa
     _assert_same_weights(resumed, run)
     for name, value in _scorers(resumed).items():
         assert torch.equal(value, ours[name]), name
+
+
+@pytest.mark.slow  # one launch of 2 processes each
+@pytest.mark.parametrize("objective,one_process", [
+    ("mmd", ["--per_device_train_batch_size", "4"]),
+    # the contrastive negatives are the clips of the same process: 2 processes of 2 clips are one process that
+    # accumulates 2 batches of 2
+    ("contrastive", ["--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2"])])
+def test_the_other_objectives_under_ddp_equal_one_process(workspace, objective, one_process):
+    from dali_hf.cli import main
+
+    data = ["--model", str(workspace / "base"), "--data", str(workspace / "pairs"), "--objective", objective, *STEPS]
+    reference, run = workspace / f"one-process-{objective}", workspace / f"ddp-{objective}"
+    main(["align", *data, *one_process, "--output_dir", str(reference)])
+    _launch(workspace, "ddp", "align", *data, "--per_device_train_batch_size", "2", "--output_dir", str(run))
+    _assert_engine_ran(run, "ddp")
+    difference = _compare(run, reference, workspace / "base", TRAINED["1b-align"])
+    print(f"ddp {objective}, largest difference to 1 process: {difference}")
