@@ -3,13 +3,13 @@ configs/accelerate/<engine>.yaml dali-hf <stage> ...` on 2 CPU processes (gloo),
 `num_processes: 2`, `mixed_precision: 'no'` and `use_cpu: true`.
 
 For each engine, one launch of `dali-hf train` runs the chain (1a prefix-tune, 1b align with OT, 2a pseudo-caption,
-2b distill; 4 steps each, checkpoints at 2 and 4) and a second launch resumes each stage from the checkpoint-2 left in
-its output_dir; one launch of `dali-hf align` with attentive OT, and a second resuming it from an explicit
-`--resume_from_checkpoint PATH` into another folder. Each final folder holds the files of a 1-process save and
-loads with nothing missing; the trained part equals the 1-process run at the same global batch (4 clips: 2 per
-process) within `TOLERANCE`; the frozen parts are the starting model's, bit for bit; a resumed run ends on the
-uninterrupted run's weights, bit for bit. The engine itself is checked in the checkpoints it writes, so a test fails
-if FSDP or ZeRO-3 falls back to plain data parallelism.
+2b distill; 4 steps each, checkpoints at 2 and 4) and a second launch resumes each stage from the checkpoint-2 left
+in its output_dir; one launch of `dali-hf align` with attentive OT, and a second resuming it from an explicit
+`--resume_from_checkpoint PATH` into another folder. Each final folder holds the files of a 1-process save and loads
+with nothing missing; the trained part equals the 1-process run at the same global batch (4 clips: 2 per process)
+within `TOLERANCE`; the frozen parts are the starting model's, bit for bit; a resumed run ends on the uninterrupted
+run's weights, bit for bit. MMD and contrastive alignment, cheaper, run once each under DDP. The engine itself is
+checked in the checkpoints it writes, so a test fails if FSDP or ZeRO-3 falls back to plain data parallelism.
 
 FSDP runs through `fsdp_on_cpu.py`, which runs the `dali-hf` command after lifting accelerate's one refusal of FSDP on
 CPU processes (see there); DeepSpeed runs on its CPU accelerator (`DS_ACCELERATOR=cpu`).
@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from dali_hf.trainers import SCORERS_NAME
 
 from dali_hf.testing import pairs_dataset, tiny_captioner
 
@@ -46,7 +47,6 @@ STEPS = ["--max_steps", "4", "--save_steps", "2", "--logging_steps", "1", "--rep
 ATTENTIVE = ["--objective", "attentive_ot", "--uniform_epochs", "1", "--lambda_values", "0.05", "--lambda_final",
              "0.05"]  # uniform weights for steps 1-2, the scorers train in steps 3-4 (after the checkpoint resumed)
 CAPTIONS = ["a dog barks", "a bell rings", "rain falls", "a car engine"]
-SCORERS_NAME = "attentive_ot_scorers.safetensors"
 
 
 @pytest.fixture(scope="module")
