@@ -173,13 +173,19 @@ def _run_training_stage(name: str, argv: list[str]) -> None:
         if unused:
             parser.error(f"unrecognized arguments: {' '.join(unused)}")
     check_model(args.model)
+    try:
+        recipe.checkpoint_to_resume(config)  # a --resume_from_checkpoint that is no checkpoint: said before loading
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     _register()
     train = _stream(args, config) if getattr(args, "stream", False) else datasets.load_from_disk(args.data)
     if name == "distill":
         train = trainers.attach_captions(train, datasets.load_from_disk(os.path.join(args.captions, "dataset")))
     evaluation = datasets.load_from_disk(args.eval_data) if getattr(args, "eval_data", None) else None
-    recipe.run_training_stage(getattr(trainers, trainer_name), config, args.model, train, eval_dataset=evaluation)
-    print(f"model written to {config.output_dir}")
+    trainer = recipe.run_training_stage(getattr(trainers, trainer_name), config, args.model, train,
+                                        eval_dataset=evaluation)
+    if trainer.is_world_process_zero():
+        print(f"model written to {config.output_dir}")
 
 
 def _stream(args, config):

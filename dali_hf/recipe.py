@@ -8,42 +8,74 @@
 Each stage reads its section of the config, named as the stage (`STAGES` in `dali_hf.trainers.stages`).
 
 A stage whose folder holds `stage_complete.json` is skipped; an interrupted training stage resumes from its last
-checkpoint, and pseudo-captioning continues where it stopped.
+checkpoint (or from the `resume_from_checkpoint` of its "args"), and pseudo-captioning continues where it stopped.
 """
 
 import json
+import multiprocessing
 import os
 from pathlib import Path
 
 import datasets
+import torch
 from transformers import AutoModel, AutoProcessor
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
-__all__ = ["check_recipe", "run_recipe", "run_training_stage"]
+__all__ = ["check_recipe", "checkpoint_to_resume", "run_recipe", "run_training_stage"]
 
 RENAMED_SECTIONS = {"prefix": "prefix-tune", "pseudo_caption": "pseudo-caption"}  # earlier versions' names
 DONE = "stage_complete.json"
 
 
+def checkpoint_to_resume(args) -> str | None:
+    """The checkpoint a stage resumes from: `args.resume_from_checkpoint` when set (a checkpoint folder of the
+    Trainer, or "true" for the last one in `args.output_dir`), else the last checkpoint in `args.output_dir`, else
+    None. A ValueError names a path that is not a checkpoint, before anything loads."""
+    asked = args.resume_from_checkpoint
+    in_output_dir = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+    if asked is None:
+        return in_output_dir
+    if str(asked).lower() == "true":
+        if in_output_dir is None:
+            raise ValueError(f"--resume_from_checkpoint true: {args.output_dir} holds no checkpoint-N folder to "
+                             "resume from; pass the checkpoint's path, or leave the flag out to start afresh")
+        return in_output_dir
+    if not os.path.isdir(asked):
+        raise ValueError(f"--resume_from_checkpoint {asked}: no such folder; pass a checkpoint-N folder that a run "
+                         "wrote, or leave the flag out to resume from the last checkpoint in --output_dir")
+    if not os.path.isfile(os.path.join(asked, TRAINER_STATE_NAME)):
+        raise ValueError(f"--resume_from_checkpoint {asked} is not a Trainer checkpoint (it has no "
+                         f"{TRAINER_STATE_NAME}); pass a checkpoint-N folder that a run wrote, not a model folder")
+    return str(asked)
+
+
 def run_training_stage(trainer_class, args, model_path: str, train_dataset, eval_dataset=None, log=print):
     """Load the model and processor at `model_path`, train with `trainer_class` and `args` (the stage's
     TrainingArguments), save model + processor (and, for alignment, the token-distribution figure) to
-    `args.output_dir`, resuming from its last checkpoint if there is one."""
+    `args.output_dir`. It resumes from `args.resume_from_checkpoint` when set, else from the last checkpoint in
+    `args.output_dir` if there is one (`checkpoint_to_resume`)."""
     output_dir = args.output_dir
+    last = checkpoint_to_resume(args)
+    _import_model_code(model_path)
     # alignment loads only what it runs (no language model); the other stages load the whole captioner
     model = getattr(trainer_class, "load_model", AutoModel.from_pretrained)(model_path)
     processor = AutoProcessor.from_pretrained(model_path)
     trainer = trainer_class(model=model, args=args, processing_class=processor, train_dataset=train_dataset,
                             eval_dataset=eval_dataset)
-    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
     if last:
         log(f"resuming from {last}")
     trainer.train(resume_from_checkpoint=last)
     trainer.save_model()
-    if trainer.is_world_process_zero():
+    main = trainer.is_world_process_zero()
+    if main:
         processor.save_pretrained(output_dir)
-        if hasattr(trainer, "plot_token_distributions"):
-            trainer.plot_token_distributions(os.path.join(output_dir, "token_distributions.png"))
+    # under FSDP / ZeRO-3 every process holds a shard of the weights, so every process runs the figure's forward
+    # passes (gathering them); the main process alone writes it
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    if hasattr(trainer, "plot_token_distributions") and (main or sharded):
+        trainer.plot_token_distributions(os.path.join(output_dir, "token_distributions.png"))
+    trainer.accelerator.wait_for_everyone()  # the folder is whole before any process reads it (the next stage)
     return trainer
 
 
@@ -131,7 +163,6 @@ def run_recipe(config: dict, log=print) -> str:
         PrefixTuningConfig,
         PrefixTuningTrainer,
         attach_captions,
-        generate_pseudo_captions,
     )
     from .trainers.stages import STAGES
 
@@ -167,10 +198,22 @@ def run_recipe(config: dict, log=print) -> str:
     pairs = load(pseudo.get("data", align["data"]))
 
     def caption(folder):
-        model = AutoModel.from_pretrained(model_path)
-        processor = AutoProcessor.from_pretrained(model_path)
-        generate_pseudo_captions(model, processor, pairs, folder, batch_size=pseudo.get("batch_size", 8),
-                                 **pseudo.get("generate", {}))
+        settings = dict(batch_size=pseudo.get("batch_size", 8), **pseudo.get("generate", {}))
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            _caption(model_path, pairs, folder, settings)
+            return
+        # under `accelerate launch` the main process captions alone (one file of captions) while the others wait,
+        # in a fresh Python process: the engine's state (ZeRO-3's partitioning of every model loaded and its patched
+        # module classes, the process group) stays out of one-process generation
+        if torch.distributed.get_rank() == 0:
+            child = multiprocessing.get_context("spawn").Process(target=_caption,
+                                                                 args=(model_path, pairs, folder, settings))
+            child.start()
+            child.join()
+            if child.exitcode != 0:
+                raise RuntimeError(f"pseudo-captioning into {folder} failed (exit status {child.exitcode}); rerun "
+                                   "the same command to resume it")
+        torch.distributed.barrier()
 
     stage("pseudo-caption", caption)
     captions = load(os.path.join(folders["pseudo-caption"], "dataset"))
@@ -178,3 +221,29 @@ def run_recipe(config: dict, log=print) -> str:
         AudioVisualDistillationTrainer, stage_args(DistillationConfig, config.get("distill", {}), folder),
         model_path, attach_captions(pairs, captions), log=log))
     return folders["distill"]
+
+
+def _import_model_code(model_path: str) -> None:
+    """Import the modules of the captioner's towers now, before any model loads. Under ZeRO-3 a model loads inside
+    `deepspeed.zero.Init`, which patches the `__init__` of the module classes and restores, on leaving, the one it
+    first saw: a class whose module is first imported there (Transformers imports them lazily) loses the `__init__`
+    that the `kernels` decorators give it (Llama's attention), and a second captioner loaded by the same process (the
+    2b stage of `dali-hf train`) then fails in its forward pass."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    config = AutoConfig.from_pretrained(model_path)
+    for name in getattr(config, "sub_configs", {}):
+        sub_config = getattr(config, name, None)
+        if sub_config is not None and type(sub_config) in MODEL_MAPPING:
+            MODEL_MAPPING[type(sub_config)]  # the lazy mapping imports the class's module
+
+
+def _caption(model_path: str, pairs, folder: str, settings: dict) -> None:
+    from ._registration import register
+    from .trainers import generate_pseudo_captions
+
+    register()  # a fresh process of the `dali-hf` command, which registers nothing at import
+
+    model = AutoModel.from_pretrained(model_path)
+    generate_pseudo_captions(model, AutoProcessor.from_pretrained(model_path), pairs, folder, **settings)

@@ -3,12 +3,14 @@ logged loss and OT term are written as JSON by the main process. An optional las
 checkpoint every 4 steps) or a checkpoint folder to resume the run from. The model is given as a captioner folder, so the
 trainer loads it without its language model. Data: the pairs as a map-style dataset, or streamed (a sharded,
 shuffled `datasets.IterableDataset` through AlignmentStream, with each batch's OT solves split in two chunks).
-It imports only installed packages, so it runs as a script from any folder."""
+It imports installed packages and fsdp_on_cpu beside it, so it runs as a script from any folder."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
+import fsdp_on_cpu  # noqa: F401  (launched with an FSDP config: FSDP2 on the CPU processes)
 import torch
 from dali_hf.trainers import (
     AlignmentConfig,
@@ -36,9 +38,10 @@ def main(output_dir: str, per_device_batch: int, objective: str, data: str, mode
     trainer = DistributionAlignmentTrainer(model=model_dir, args=args, train_dataset=train, processing_class=processor)
     assert trainer.accelerator.num_processes == int(sys.argv[4]), 'not the requested number of processes'
     assert isinstance(trainer.model, LlavaAudioAlignmentModel), type(trainer.model)
+    # an FSDP config really runs FSDP (fsdp_on_cpu lifts accelerate's refusal of it on CPU processes)
+    assert trainer.is_fsdp_enabled == (os.environ.get("ACCELERATE_USE_FSDP") == "true"), 'FSDP fell back'
     trainer.train(resume_from_checkpoint=option if option not in ("", "checkpoints") else None)
-    if not trainer.is_fsdp_enabled:  # the shipped FSDP config saves sharded checkpoints, no model folder
-        trainer.save_model(str(Path(output_dir, "final")))
+    trainer.save_model(str(Path(output_dir, "final")))  # under FSDP: gathered from the shards
     if trainer.is_world_process_zero():
         logged = {name: [log[name] for log in trainer.state.log_history if name in log] for name in ("loss", "ot")}
         Path(output_dir, "losses.json").write_text(json.dumps(logged))

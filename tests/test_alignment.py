@@ -183,7 +183,8 @@ def test_align_cli_trains_and_writes_a_loadable_folder(data, tmp_path, stream):
     ("ot", "stream", "fsdp", False), ("attentive_ot", "map", "deepspeed_zero3", True)])
 def test_two_processes_give_the_loss_curve_of_one(tmp_path, objective, data, config, resume):
     """The shipped accelerate configs, unchanged but for the process count and precision: without a GPU, DDP and
-    FSDP2 run over CPU processes (gloo), DeepSpeed over its CPU accelerator. The trainer loads the captioner folder
+    FSDP2 run over CPU processes (gloo; FSDP2 through fsdp_on_cpu, and ddp_align.py checks that it is FSDP),
+    DeepSpeed over its CPU accelerator. The trainer loads the captioner folder
     without its language model; the folders it saves are complete captioners with the scorers beside them, and a
     run resumed from its checkpoint of step 4 ends where the uninterrupted one does."""
     import json
@@ -223,9 +224,8 @@ def test_two_processes_give_the_loss_curve_of_one(tmp_path, objective, data, con
     assert len(one["loss"]) == len(two["loss"]) == 8
     assert np.allclose(one["loss"], two["loss"], rtol=1e-4), (one, two)
     assert np.allclose(one["ot"], two["ot"], rtol=1e-4), (one, two)  # logged terms: the mean over processes
-    if config == "fsdp":  # the shipped FSDP config saves sharded checkpoints, no model folder
-        return
-    # the main process wrote a complete captioner: the trained audio parts, the untouched LM, the same files
+    # the main process wrote a complete captioner (under FSDP, gathered from the shards): the trained audio parts,
+    # the untouched LM, the same files
     start, final_one, final_two = (AutoModel.from_pretrained(path) for path in (
         tmp_path / "captioner", tmp_path / "one" / "final", tmp_path / "two" / "final"))
     assert sorted(os.listdir(tmp_path / "two" / "final")) == sorted(os.listdir(tmp_path / "one" / "final"))

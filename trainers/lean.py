@@ -136,6 +136,10 @@ class LlavaAudioAlignmentModel(LlavaAudioPreTrainedModel):
         """See [`LlavaAudioModel.get_audio_tokens`]."""
         return self.model.get_audio_tokens(input_features, input_features_mask)
 
+    def get_input_embeddings(self) -> None:
+        """None: without the language model there are no token embeddings (accelerate's FSDP2 preparation asks)."""
+        return None
+
     def forward(self, pixel_values: torch.Tensor | None = None, input_features: torch.Tensor | None = None,
                 input_features_mask: torch.Tensor | None = None, image_tokens: torch.Tensor | None = None,
                 token_weights: Literal["plan", "reference"] | None = None, **kwargs) -> LlavaAudioTokensOutput:

@@ -8,6 +8,7 @@ reason, never replaced.
 """
 
 import json
+import logging
 import os
 
 import datasets
@@ -21,6 +22,7 @@ __all__ = ["PSEUDO_CAPTIONS_FILE", "SKIPPED_FILE", "attach_captions", "generate_
 PSEUDO_CAPTIONS_FILE = "pseudo_captions.jsonl"
 SKIPPED_FILE = "skipped.jsonl"
 SETTINGS_FILE = "generation_settings.json"
+logger = logging.getLogger(__name__)
 
 
 def generate_pseudo_captions(model, processor, dataset, output_dir: str, batch_size: int = 8,
@@ -91,10 +93,14 @@ def _request(example: dict, item_id: str) -> CaptionRequest:
 
 
 def attach_captions(pairs: datasets.Dataset, captions: datasets.Dataset) -> datasets.Dataset:
-    """`pairs` rows that have a caption in `captions` (matched by `id`), with that caption as column `caption`."""
+    """`pairs` rows that have a caption in `captions` (matched by `id`), with that caption as column `caption`. A
+    `caption` column that `pairs` already has (e.g. human captions) is replaced, and the log says so."""
     by_id = dict(zip(captions["id"], captions["caption"], strict=True))
     keep = [i for i, item_id in enumerate(pairs["id"]) if str(item_id) in by_id]
     selected = pairs.select(keep)
+    if "caption" in selected.column_names:
+        logger.warning("the pairs already have a 'caption' column: the pseudo-captions replace it for distillation")
+        selected = selected.remove_columns("caption")
     return selected.add_column("caption", [by_id[str(i)] for i in selected["id"]])
 
 

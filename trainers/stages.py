@@ -89,9 +89,29 @@ class ModelCardMixin:
         stage = stage_named(self.stage_name)
         record_stage(self.model.config, stage.name, self.args, rows, self.card_fields, step=stage.step,
                      optimizer_steps=self.state.max_steps or None)
-        super().save_model(output_dir, _internal_call)
+        if getattr(self, "is_fsdp_enabled", False) and not _internal_call:
+            self._save_gathered(output_dir)
+        else:
+            super().save_model(output_dir, _internal_call)
         if self.args.should_save and not _internal_call:
             write_model_card(output_dir or self.args.output_dir)
+
+    def _save_gathered(self, output_dir: str | None) -> None:
+        """The final folder under FSDP: the whole model, gathered by every process, written by the main one as a
+        plain save writes it (with the shipped `SHARDED_STATE_DICT` the Trainer itself writes only sharded
+        checkpoints, no model folder)."""
+        from torch.distributed.fsdp import FSDPModule
+
+        state_dict = self.accelerator.get_state_dict(self.model)  # a collective: every process calls it
+        sharded_class = type(self.model)
+        if issubclass(sharded_class, FSDPModule):
+            # `fully_shard` gives the model a class of torch's module; the saved remote code is taken from the
+            # class's module, so the save runs under the model's own class
+            self.model.__class__ = next(c for c in sharded_class.__mro__ if not issubclass(c, FSDPModule))
+        try:
+            self._save(output_dir, state_dict=state_dict)
+        finally:
+            self.model.__class__ = sharded_class
 
 
 class CaptionStageTrainer(ModelCardMixin, Trainer):
