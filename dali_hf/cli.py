@@ -172,11 +172,11 @@ def _run_training_stage(name: str, argv: list[str]) -> None:
         config, args, unused = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
         if unused:
             parser.error(f"unrecognized arguments: {' '.join(unused)}")
-    check_model(args.model)
     try:
         recipe.checkpoint_to_resume(config)  # a --resume_from_checkpoint that is no checkpoint: said before loading
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
+    check_model(args.model)
     _register()
     train = _stream(args, config) if getattr(args, "stream", False) else datasets.load_from_disk(args.data)
     if name == "distill":

@@ -95,6 +95,10 @@ class ModelCardMixin:
             super().save_model(output_dir, _internal_call)
         if self.args.should_save and not _internal_call:
             write_model_card(output_dir or self.args.output_dir)
+        if not _internal_call:
+            # the other processes wait until the main one has written the folder: a process that exits first tears
+            # its process group down under the writer (gloo aborts it), and the launcher then kills the writer
+            self.accelerator.wait_for_everyone()
 
     def _save_gathered(self, output_dir: str | None) -> None:
         """The final folder under FSDP: the whole model, gathered by every process, written by the main one as a
