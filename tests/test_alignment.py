@@ -1,5 +1,7 @@
 """DistributionAlignmentTrainer on tiny models: each objective learns, scorer gradients, exact resume."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -249,3 +251,46 @@ def test_two_processes_give_the_loss_curve_of_one(tmp_path, objective, data, con
         scorers = load_file(tmp_path / "two" / "final" / SCORERS_NAME)
         for name, tensor in load_file(tmp_path / "resumed" / "final" / SCORERS_NAME).items():
             assert torch.equal(tensor, scorers[name]), name
+
+
+@pytest.mark.parametrize("optimizer_class,weight_decay,amsgrad", [
+    (torch.optim.AdamW, 0.1, False), (torch.optim.Adam, 0.1, False), (torch.optim.AdamW, 0.0, True)])
+def test_initialized_optimizer_state_is_the_lazy_one(optimizer_class, weight_decay, amsgrad):
+    """Under FSDP the trainer creates every parameter's optimiser state before training (the scorers' included,
+    which take no step in the uniform-weight epochs): step 0 and zero moments, the parameters untouched, and
+    training from there equal, bit for bit, to training with the state Adam creates at the first step."""
+    from dali_hf.trainers.alignment import initialize_optimizer_state
+
+    def build():
+        torch.manual_seed(0)
+        encoder, scorers = torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)
+        optimizer = optimizer_class([{"params": encoder.parameters()},
+                                     {"params": scorers.parameters(), "lr": 1e-2, "weight_decay": 0.0}],
+                                    lr=1e-3, weight_decay=weight_decay, amsgrad=amsgrad)
+        return encoder, scorers, optimizer
+
+    def train(encoder, scorers, optimizer, steps, scorers_from):
+        torch.manual_seed(1)
+        for step in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            hidden = encoder(torch.randn(5, 4))
+            loss = (scorers(hidden) if step >= scorers_from else hidden).square().mean()
+            loss.backward()
+            optimizer.step()
+
+    lazy, initialized = build(), build()
+    before = [param.clone() for param in initialized[0].parameters()]
+    initialize_optimizer_state(initialized[2])
+    state = initialized[2].state
+    assert all(param.grad is None for param in itertools.chain(initialized[0].parameters(),
+                                                               initialized[1].parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, initialized[0].parameters(), strict=True))
+    assert len(state) == 4 and all(float(s["step"]) == 0 for s in state.values())
+    assert all(not value.any() for s in state.values() for key, value in s.items() if key != "step")
+    train(*lazy, steps=2, scorers_from=1)
+    train(*initialized, steps=2, scorers_from=1)
+    for a, b in zip(itertools.chain(lazy[0].parameters(), lazy[1].parameters()),
+                    itertools.chain(initialized[0].parameters(), initialized[1].parameters()), strict=True):
+        assert torch.equal(a, b)
+        for key, value in lazy[2].state[a].items():
+            assert torch.equal(value, initialized[2].state[b][key]), key

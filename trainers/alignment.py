@@ -372,7 +372,18 @@ class DistributionAlignmentTrainer(ModelCardMixin, Trainer):
         return optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        """The Trainer's schedule for the audio side; the scorers keep their learning rate (the authors' code)."""
+        """The Trainer's schedule for the audio side; the scorers keep their learning rate (the authors' code).
+
+        Under FSDP, every trainable parameter also gets its optimiser state now, equal to the one Adam creates at
+        its first step (`initialize_optimizer_state`). The Trainer calls this after `accelerator.prepare` (the
+        optimiser holds the sharded parameters) and before it loads a checkpoint. Attentive OT's scorers take no
+        step in the uniform-weight epochs, so a checkpoint written then has no state for them; FSDP's sharded
+        optimiser load asks a fresh optimiser for its full state (torch steps it once with zero gradients) and
+        then finds the scorers' keys missing from such a checkpoint. With every state there from the start, each
+        checkpoint holds all of them and the fresh optimiser asks for exactly those. Only FSDP needs it: DDP and
+        DeepSpeed load what the checkpoint holds (and DeepSpeed's optimiser is its own)."""
+        if self.is_fsdp_enabled and not self.is_deepspeed_enabled:
+            initialize_optimizer_state(self.optimizer if optimizer is None else optimizer)
         scheduler = super().create_scheduler(num_training_steps, optimizer)
         groups = scheduler.optimizer.param_groups
         scorer_groups = [i for i, group in enumerate(groups) if group.get(SCORER_GROUP)]
@@ -558,6 +569,43 @@ SCORER_GROUP = "attentive_ot_scorers"  # marks the scorers' parameter group in t
 
 def _constant(step: int) -> float:
     return 1.0
+
+
+def initialize_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Give each trainable parameter without optimiser state the state Adam (or AdamW) creates at its first step:
+    step 0 and zero moments, so that training goes on exactly as with the lazily created state.
+
+    One step with zero gradients, learning rate 0 and weight decay 0 (Adam's L2 decay would put the parameter in the
+    first moment) creates the state; the other parameters get no gradient, so Adam leaves them (and their state)
+    alone. Then each new state's step goes back to 0. The parameters do not change. Gradients are left unset."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper: step the torch optimiser itself
+    new = [param for group in optimizer.param_groups for param in group["params"]
+           if param.requires_grad and not optimizer.state.get(param)]
+    if not new:
+        return
+    saved = [(group, {key: group[key] for key in ("lr", "weight_decay") if key in group})
+             for group in optimizer.param_groups]
+    grads = {param: param.grad for group in optimizer.param_groups for param in group["params"]}
+    try:
+        for group, values in saved:
+            for key, value in values.items():
+                group[key] = torch.zeros_like(value) if isinstance(value, torch.Tensor) else 0.0
+        for param in grads:
+            param.grad = None
+        for param in new:
+            param.grad = torch.zeros_like(param)
+        optimizer.step()
+    finally:
+        for group, values in saved:
+            group.update(values)
+        for param, grad in grads.items():
+            param.grad = grad
+    for param in new:
+        state = optimizer.state[param]
+        if isinstance(state.get("step"), torch.Tensor):
+            state["step"].zero_()
+        elif "step" in state:
+            state["step"] = 0
 
 
 def _plus_gradient(value: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
