@@ -211,8 +211,9 @@ class AudioCaptioningPipeline(ChunkPipeline):
         if mode == "audiovisual":
             if request.image is None and not is_video(request.audio):
                 raise ValueError(
-                    "audiovisual mode needs an image: pass images=... (one per input) or a video file, whose frame "
-                    "is then used"
+                    "audiovisual mode needs an image, and this input is audio alone: give a video file (its frame "
+                    "is used), pass images=... (one per input) in Python, or caption it in audio mode (--mode audio "
+                    "for dali-hf caption)"
                 )
             image = load_image(request.image if request.image is not None else request.audio,
                                name=request.name or "image", frame=frame)

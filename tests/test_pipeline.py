@@ -169,7 +169,8 @@ def test_clear_errors(captioner, tmp_path):
     for value, kwargs, message in cases:
         with pytest.raises(AudioInputError, match=message):
             captioner(value, **kwargs, **SETTINGS)
-    with pytest.raises(ValueError, match="audiovisual mode needs an image"):
+    with pytest.raises(ValueError, match=r"audiovisual mode needs an image, .* in Python, or .*\(--mode audio for "
+                                         r"dali-hf caption\)"):
         captioner(tone(), sampling_rate=16000, mode="audiovisual")
     with pytest.raises(ValueError, match="mode must be one of"):
         captioner(tone(), sampling_rate=16000, mode="video")
