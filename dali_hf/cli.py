@@ -638,6 +638,7 @@ def main(argv: list[str] | None = None) -> None:
                 check_model(args.model)
                 _register()
             args.func(args)
+        _leave_process_group()
     except KeyboardInterrupt:
         print(f"\ninterrupted: {_after_interrupt(args, rest)}", file=sys.stderr)
         raise SystemExit(130) from None
@@ -647,6 +648,15 @@ def main(argv: list[str] | None = None) -> None:
         if not isinstance(error, InputError):
             raise
         raise SystemExit(f"error: {error}") from None
+
+
+def _leave_process_group() -> None:
+    """Under `accelerate launch`, each process leaves the process group once its command is done (accelerate's
+    `end_training` does the same): a gloo group left to the interpreter's exit can abort the process (SIGABRT,
+    "terminate called without an active exception") while the others still run, and the launcher then kills them."""
+    torch = sys.modules.get("torch")  # a command that never imported torch started no group
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def check_model(path: str) -> None:

@@ -75,7 +75,7 @@ def _recipe(root: Path, name: str, per_device: int) -> Path:
     args = {"max_steps": 4, "save_steps": 2, "logging_steps": 1, "per_device_train_batch_size": per_device,
             "use_cpu": True, "disable_tqdm": True, "report_to": "none", "seed": 0}
     recipe = {"model": str(root / "base"), "output_dir": str(root / name),
-              "prefix-tune": {"data": str(root / "pairs"), "args": {**args, "warmup_ratio": 0.0}},
+              "prefix-tune": {"data": str(root / "pairs"), "args": {**args, "warmup_steps": 0}},
               "align": {"data": str(root / "pairs"), "args": {**args, "objective": "ot"}},
               "pseudo-caption": {"batch_size": 4, "generate": {"max_new_tokens": 4}},
               "distill": {"args": args}}
