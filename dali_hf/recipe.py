@@ -239,10 +239,19 @@ def _import_model_code(model_path: str) -> None:
             MODEL_MAPPING[type(sub_config)]  # the lazy mapping imports the class's module
 
 
+# what `accelerate launch` (torchrun) tells its processes: the captioning child must not read it, or it would wait
+# for the other processes of a group it is not part of
+_LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                     "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def _caption(model_path: str, pairs, folder: str, settings: dict) -> None:
     from ._registration import register
     from .trainers import generate_pseudo_captions
 
+    for name in list(os.environ):
+        if name in _LAUNCH_VARIABLES or name.startswith(("ACCELERATE_", "TORCHELASTIC_")):
+            del os.environ[name]  # one process, whatever launched its parent
     register()  # a fresh process of the `dali-hf` command, which registers nothing at import
 
     model = AutoModel.from_pretrained(model_path)
