@@ -65,8 +65,9 @@ def run_variant(variant: str, dtype: str, folder: str, steps: int) -> dict:
     every loaded weight is materialised, as it is when a model is copied to an accelerator."""
     import datasets
     import torch
-    from dali_hf.trainers import AlignmentConfig, DistributionAlignmentTrainer, LlavaAudioAlignmentModel
     from transformers import AutoModel, AutoProcessor
+
+    from dali_hf.trainers import AlignmentConfig, DistributionAlignmentTrainer, LlavaAudioAlignmentModel
 
     torch.set_num_threads(1)
     if variant == VARIANTS[0]:

@@ -11,6 +11,7 @@ import time
 import ot
 import psutil
 import torch
+
 from dali_hf.trainers.objectives import mmd_loss, ot_loss
 
 

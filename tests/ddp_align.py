@@ -12,15 +12,15 @@ from pathlib import Path
 
 import fsdp_on_cpu  # noqa: F401  (launched with an FSDP config: FSDP2 on the CPU processes)
 import torch
+from transformers import AutoProcessor
+
+from dali_hf.testing import pairs_dataset
 from dali_hf.trainers import (
     AlignmentConfig,
     AlignmentStream,
     DistributionAlignmentTrainer,
     LlavaAudioAlignmentModel,
 )
-from transformers import AutoProcessor
-
-from dali_hf.testing import pairs_dataset
 
 
 def main(output_dir: str, per_device_batch: int, objective: str, data: str, model_dir: str, option: str) -> None:

@@ -5,10 +5,10 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from dali_hf.trainers import SCORERS_NAME
-from dali_hf.trainers.objectives import entropy, ot_loss
 
 from dali_hf.testing import StopAfterStep, pairs_dataset, tiny_captioner
+from dali_hf.trainers import SCORERS_NAME
+from dali_hf.trainers.objectives import entropy, ot_loss
 
 
 @pytest.fixture(scope="module")

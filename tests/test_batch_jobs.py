@@ -16,7 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+from transformers import pipeline
+
+from dali_hf.captioning import caption_files, scan_media
 from dali_hf.modeling.media import AUDIO_EXTENSIONS, MEDIA_EXTENSIONS, VIDEO_EXTENSIONS, AudioSource
+from dali_hf.testing import pairs_dataset, saved_captioner
 from dali_hf.trainers.jobs import (
     OutputError,
     OutputLock,
@@ -25,10 +29,6 @@ from dali_hf.trainers.jobs import (
     read_jsonl,
     split_by_weight,
 )
-from transformers import pipeline
-
-from dali_hf.captioning import caption_files, scan_media
-from dali_hf.testing import pairs_dataset, saved_captioner
 
 RATE = 16000
 DALI_HF = str(Path(sys.executable).with_name("dali-hf"))
@@ -302,8 +302,9 @@ def test_two_processes_write_the_files_of_one(whisper_folder, captioner, tmp_pat
     assert read_jsonl(str(two)) == expected and not list(tmp_path.glob("two.jsonl.*"))
     assert caption.stdout.count("files captioned") == 1  # the summary, from the main process only
 
-    from dali_hf.trainers import generate_pseudo_captions
     from transformers import AutoModel, AutoProcessor
+
+    from dali_hf.trainers import generate_pseudo_captions
 
     pairs = pairs_dataset(7, seed=3)
     pairs.save_to_disk(tmp_path / "pairs")

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from dali_hf.modeling.media import AudioInputError, AudioSource, frame_at
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -29,6 +28,7 @@ from dali_hf import cli, recipe
 from dali_hf.evaluation import BenchmarkFileError, read_audiocaps, read_clotho
 from dali_hf.hub import UploadError, upload_files
 from dali_hf.model_folder import ModelFolderError, check_model_folder
+from dali_hf.modeling.media import AudioInputError, AudioSource, frame_at
 from dali_hf.testing import pairs_dataset, saved_captioner
 
 DALI_HF = str(Path(sys.executable).with_name("dali-hf"))
@@ -306,8 +306,9 @@ def test_train_names_the_nearest_training_argument(tmp_path):
 def test_pseudo_caption_registers_what_it_loads(llava_parts, tmp_path):
     """`dali-hf pseudo-caption` loads the saved captioner without trust_remote_code, and equals the library call."""
     import datasets
-    from dali_hf.trainers import generate_pseudo_captions
     from transformers import AutoModel, AutoProcessor
+
+    from dali_hf.trainers import generate_pseudo_captions
 
     folder = saved_captioner(llava_parts, "whisper", tmp_path / "captioner")
     pairs = pairs_dataset(3)

@@ -6,13 +6,13 @@ import re
 import typing
 
 import pytest
+from transformers import TrainingArguments
+
+from dali_hf.cli import main
 from dali_hf.modeling.processing_llava_audio import PROMPT_PRESETS
 from dali_hf.trainers import AlignmentConfig, DistillationConfig, PrefixTuningConfig
 from dali_hf.trainers.alignment import TRAINABLE
 from dali_hf.trainers.arguments import PromptPreset
-from transformers import TrainingArguments
-
-from dali_hf.cli import main
 
 CONFIGS = {"align": AlignmentConfig, "prefix-tune": PrefixTuningConfig, "distill": DistillationConfig}
 # every field whose value is one of a few words, and its words

@@ -6,9 +6,9 @@ import subprocess
 import numpy as np
 import pytest
 import soundfile
-from dali_hf.modeling.media import AudioInputError, frame_at, prepare_audio
 
 from dali_hf.data import pairs_from_videos
+from dali_hf.modeling.media import AudioInputError, frame_at, prepare_audio
 
 
 def make_video(path, frequency: int, colour: str, seconds: float = 2.0) -> None:

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from dali_hf.modeling import CavMaeFeatureExtractor
-from dali_hf.modeling.media import AudioInputError, AudioSource
-from dali_hf.modeling.pipeline_audio_captioning import CaptionRequest, _window_seconds, caption_windows
 from transformers import pipeline
 from transformers.pipelines.pt_utils import KeyDataset
 
 from dali_hf.captioning import caption_rows
+from dali_hf.modeling import CavMaeFeatureExtractor
+from dali_hf.modeling.media import AudioInputError, AudioSource
+from dali_hf.modeling.pipeline_audio_captioning import CaptionRequest, _window_seconds, caption_windows
 from dali_hf.testing import random_clip, random_image, tiny_captioner
 
 SETTINGS = dict(max_new_tokens=2)

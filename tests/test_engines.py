@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from dali_hf.trainers import SCORERS_NAME
 
 from dali_hf.testing import pairs_dataset, tiny_captioner
+from dali_hf.trainers import SCORERS_NAME
 
 ROOT = Path(__file__).parents[1]
 ENGINES = ("ddp", "fsdp", "deepspeed_zero3")

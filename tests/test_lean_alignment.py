@@ -7,13 +7,6 @@ import pytest
 import safetensors.torch
 import torch
 import transformers.modeling_utils
-from dali_hf.trainers import (
-    SCORERS_NAME,
-    AlignmentConfig,
-    DistributionAlignmentTrainer,
-    LlavaAudioAlignmentModel,
-)
-from dali_hf.trainers import lean as lean_module
 from transformers import AutoModel, AutoProcessor
 
 from dali_hf.data import cache_image_tokens
@@ -24,6 +17,13 @@ from dali_hf.testing import (
     parameter_counts,
     tiny_captioner,
 )
+from dali_hf.trainers import (
+    SCORERS_NAME,
+    AlignmentConfig,
+    DistributionAlignmentTrainer,
+    LlavaAudioAlignmentModel,
+)
+from dali_hf.trainers import lean as lean_module
 
 ALIGNMENT_PREFIXES = ("model.vision_tower.", "model.audio_tower.", "model.audio_to_vision.")
 

@@ -7,6 +7,9 @@ import subprocess
 import numpy as np
 import pytest
 import soundfile
+from PIL import Image
+
+from dali_hf.data import pairs_from_videos
 from dali_hf.modeling import CavMaeFeatureExtractor, media
 from dali_hf.modeling.media import (
     AudioInputError,
@@ -16,9 +19,6 @@ from dali_hf.modeling.media import (
     load_image,
     prepare_audio,
 )
-from PIL import Image
-
-from dali_hf.data import pairs_from_videos
 
 
 def two_colour_video(path, seconds: float = 2.0):

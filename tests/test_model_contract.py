@@ -6,7 +6,6 @@ import warnings
 
 import pytest
 import torch
-from dali_hf.modeling import modeling_llava_audio
 from transformers import (
     ASTConfig,
     CLIPVisionConfig,
@@ -24,6 +23,7 @@ from transformers import (
 from transformers.testing_utils import CaptureLogger
 
 from dali_hf import LlavaAudioConfig, LlavaAudioForConditionalGeneration
+from dali_hf.modeling import modeling_llava_audio
 from dali_hf.testing import random_clip, random_image, tiny_captioner
 
 GREEDY = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)

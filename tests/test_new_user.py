@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from dali_hf.modeling.media import AudioInputError
-from dali_hf.modeling.pipeline_audio_captioning import CaptionRequest
 from transformers import pipeline
 
 from dali_hf.evaluation import evaluate_captioner, read_audiocaps, read_clotho
 from dali_hf.metrics import spice_available
+from dali_hf.modeling.media import AudioInputError
+from dali_hf.modeling.pipeline_audio_captioning import CaptionRequest
 from dali_hf.testing import saved_captioner
 
 DALI_HF = str(Path(sys.executable).with_name("dali-hf"))

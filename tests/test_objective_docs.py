@@ -3,6 +3,7 @@
 import doctest
 
 import pytest
+
 from dali_hf.trainers.objectives import attentive_ot, contrastive, mmd, optimal_transport
 
 

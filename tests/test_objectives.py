@@ -6,6 +6,7 @@ import numpy as np
 import ot
 import pytest
 import torch
+
 from dali_hf.trainers.objectives import (
     AttentiveMarginals,
     contrastive_loss,

@@ -1,12 +1,16 @@
 """A plain `pip install` of the wheel runs every command: each import of the wheel's modules is a core dependency, or
 belongs to an extra that the importing module's error message names (`pip install 'dali-hf[eval]'`), and
-`dali-hf evaluate` without that extra says so before the model loads."""
+`dali-hf evaluate` without that extra says so before the model loads. The top-level folders that pyproject.toml maps
+into the package (modeling/ as `dali_hf.modeling`, ...) are found by static checkers through the links in dali_hf/,
+and the wheel holds each of their files once, under its installed name."""
 
 import ast
 import importlib.metadata
+import importlib.util
 import os
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -19,6 +23,27 @@ from dali_hf.testing import pairs_dataset, random_clip, saved_captioner
 
 ROOT = Path(__file__).resolve().parents[1]
 DALI_HF = str(Path(sys.executable).with_name("dali-hf"))
+
+
+# {installed package: its top-level folder}, as pyproject.toml maps them for `pip install` and `pip install -e`
+MAPPED = {package: folder for package, folder in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]
+          ["setuptools"]["package-dir"].items() if package != "dali_hf"}
+
+
+def test_the_mapped_folders_resolve_statically_to_the_files_python_imports():
+    """A static checker or an editor (pyright, "go to definition") does not run the editable install's import hook:
+    it looks for `dali_hf.modeling` as the folder dali_hf/modeling. That folder is a link to modeling/, so it is
+    the very folder Python imports, subpackages (`dali_hf.trainers.objectives`) included."""
+    assert MAPPED == {"dali_hf.modeling": "modeling", "dali_hf.trainers": "trainers",
+                      "dali_hf.model_cards": "model_cards"}
+    for package, folder in MAPPED.items():
+        link = ROOT / "dali_hf" / package.split(".", 1)[1]
+        assert link.is_symlink() and os.readlink(link) == f"../{folder}", link
+        for init in sorted((ROOT / folder).rglob("__init__.py")):
+            static = link / init.parent.relative_to(ROOT / folder) / "__init__.py"  # what the checker opens
+            name = ".".join([package, *init.parent.relative_to(ROOT / folder).parts])
+            imported = Path(importlib.util.find_spec(name).origin)
+            assert static.is_file() and static.samefile(init) and imported.samefile(init), name
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +118,20 @@ def test_every_import_of_the_wheel_is_declared_or_its_extra_is_named(wheel):
                 optional.add(module)
     assert not problems, "\n".join(problems)
     assert optional == {"pycocoevalcap"}  # the one optional import, in dali_hf/metrics.py
+
+
+@pytest.mark.slow  # builds the wheel
+def test_the_wheel_holds_each_mapped_file_once_under_its_installed_name(wheel):
+    """The links in dali_hf/ are for tools in a checkout: the wheel takes the mapped folders' files from the
+    folders themselves, once each."""
+    with zipfile.ZipFile(wheel) as archive:
+        names = [name for name in archive.namelist() if name.endswith(".py")]
+    assert len(names) == len(set(names))
+    for package, folder in MAPPED.items():
+        installed = package.replace(".", "/")
+        expected = {f"{installed}/{path.relative_to(ROOT / folder).as_posix()}"
+                    for path in (ROOT / folder).rglob("*.py") if "__pycache__" not in path.parts}
+        assert {name for name in names if name.startswith(installed + "/")} == expected, package
 
 
 @pytest.mark.slow  # the dali-hf command in a fresh process

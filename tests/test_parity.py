@@ -8,14 +8,11 @@ import numpy as np
 import ot
 import pytest
 import torch
-from dali_hf.modeling.processing_llava_audio import DEFAULT_PROMPT, PROMPT_PRESETS
-from dali_hf.trainers import AlignmentConfig, CaptionCollator, DistributionAlignmentTrainer
-from dali_hf.trainers.collators import FeatureAugmentation
-from dali_hf.trainers.objectives import AttentiveMarginals
 from tokenizers import pre_tokenizers, processors
 
 from dali_hf import CavMaeAudioConfig, CavMaeAudioModel, CavMaeFeatureExtractor, LlavaAudioProcessor
 from dali_hf.convert import official_name, split_official_state_dict
+from dali_hf.modeling.processing_llava_audio import DEFAULT_PROMPT, PROMPT_PRESETS
 from dali_hf.testing import (
     TINY_WORDS,
     random_clip,
@@ -25,6 +22,9 @@ from dali_hf.testing import (
     tiny_llava_processor,
     tiny_tokenizer,
 )
+from dali_hf.trainers import AlignmentConfig, CaptionCollator, DistributionAlignmentTrainer
+from dali_hf.trainers.collators import FeatureAugmentation
+from dali_hf.trainers.objectives import AttentiveMarginals
 
 WIDTH, HEADS = 16, 4
 

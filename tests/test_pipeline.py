@@ -11,10 +11,10 @@ import pytest
 import soundfile
 import torch
 import torchaudio.functional as AF
-from dali_hf.modeling.media import AudioInputError
 from transformers import ASTConfig, ASTFeatureExtractor, pipeline
 
 from dali_hf import LlavaAudioForConditionalGeneration, LlavaAudioProcessor
+from dali_hf.modeling.media import AudioInputError
 from dali_hf.testing import random_image, run_without_dali_hf, saved_captioner
 
 SETTINGS = dict(max_new_tokens=4)

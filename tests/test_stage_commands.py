@@ -7,10 +7,10 @@ import logging
 
 import datasets
 import pytest
-from dali_hf.trainers import PrefixTuningConfig, attach_captions
 
 from dali_hf.cli import main
 from dali_hf.recipe import checkpoint_to_resume
+from dali_hf.trainers import PrefixTuningConfig, attach_captions
 
 
 def _args(tmp_path, **overrides):

@@ -5,11 +5,11 @@ import json
 from types import SimpleNamespace
 
 import pytest
+
+from dali_hf import cli, recipe
 from dali_hf.model_cards import record_stage, render_model_card
 from dali_hf.trainers import AudioVisualDistillationTrainer, DistributionAlignmentTrainer, PrefixTuningTrainer
 from dali_hf.trainers.stages import STAGES, stage_named
-
-from dali_hf import cli, recipe
 
 NAMES = [stage.name for stage in STAGES]
 

@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+
+from dali_hf.testing import pairs_dataset, random_clip, random_image, tiny_captioner
 from dali_hf.trainers import (
     AlignmentConfig,
     AudioVisualDistillationTrainer,
@@ -18,8 +20,6 @@ from dali_hf.trainers import (
     generate_pseudo_captions,
 )
 from dali_hf.trainers.distillation import PSEUDO_CAPTIONS_FILE, SKIPPED_FILE
-
-from dali_hf.testing import pairs_dataset, random_clip, random_image, tiny_captioner
 
 CAPTIONS = ["a dog barks", "a bell rings", "rain falls", "a car engine", "people talk", "water flows"]
 GREEDY = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)

@@ -5,9 +5,9 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from dali_hf.trainers import AlignmentStream
 
 from dali_hf.testing import StopAfterStep, pairs_dataset, tiny_captioner
+from dali_hf.trainers import AlignmentStream
 
 
 def numbered(n=24):

@@ -4,9 +4,9 @@ and TRL's SFTTrainer fine-tunes on (audio, caption) conversations with the audio
 
 import pytest
 import torch
-from dali_hf.trainers import CaptionCollator
 
 from dali_hf.testing import random_clip, random_image, tiny_captioner
+from dali_hf.trainers import CaptionCollator
 
 
 @pytest.fixture(scope="module")
