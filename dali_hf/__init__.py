@@ -5,12 +5,18 @@ Layout, imports flowing one way (`tests/test_import_graph.py` checks it):
     modeling/      the model files the Hub gets (config, model, processor, feature extractor, pipeline, media)
     model_cards/   the model card template and its rendering
     trainers/      the stages' Trainer subclasses, configs and objectives    imports modeling, model_cards
-    dali_hf/*.py   the CLI, recipe, conversion, data, evaluation, metrics, Hub uploads, registration and the tiny
-                   builders of `testing`                                      imports all of the above
+    dali_hf/*.py   the CLI, recipe, conversion, data, evaluation, metrics, Hub uploads and the tiny builders of
+                   `testing`                                                  imports all of the above
     dali_hf/demo/  `make demo`: the toy world                                 imports anything; nothing imports it
 
-Importing the package registers `llava_audio` with the Auto classes, so `AutoConfig`, `AutoModel`,
-`AutoModelForImageTextToText` and `AutoProcessor` load DALI checkpoints without `trust_remote_code`.
+The installed package is `dali_hf` with those folders inside it (`dali_hf.modeling`, `dali_hf.trainers`,
+`dali_hf.model_cards`): wheels copy them in; in a checkout, dali_hf/modeling, dali_hf/trainers and dali_hf/model_cards
+are links to them, which editors and static checkers follow (the editable install's import hook is invisible to them).
+
+Importing the package registers `llava_audio` with the Auto classes and the "audio-captioning" pipeline task
+(`dali_hf.modeling.auto_classes`, which also says what a saved folder carries for Pythons without dali_hf), so
+`AutoConfig`, `AutoModel`, `AutoModelForImageTextToText`, `AutoProcessor` and `pipeline("audio-captioning")` load
+DALI checkpoints without `trust_remote_code`.
 The public names below are imported on first use.
 """
 
@@ -33,7 +39,7 @@ _PUBLIC = {
     "LlavaAudioProcessor": ".modeling",
     "audio_token_count": ".modeling",
     "convert_official": ".convert",
-    "register": "._registration",
+    "register": ".modeling.auto_classes",
 }
 __all__ = sorted(_PUBLIC)
 
@@ -50,9 +56,10 @@ def __dir__():
     return sorted(set(globals()) | set(_PUBLIC))
 
 
-# The `dali-hf` command registers the classes itself once its arguments are parsed, so that `--help` and argument
-# errors answer without importing torch and transformers; anywhere else, importing the package registers them.
+# Registering imports torch and transformers: the `dali-hf` command registers once a command that loads a model has
+# parsed its arguments, so that `--help` and argument errors answer at once; anywhere else, importing the package
+# registers. What registration does, and what a saved folder carries instead: modeling/auto_classes.py.
 if os.path.basename(getattr(sys, "argv", None) and sys.argv[0] or "") != "dali-hf":
-    from ._registration import register
+    from .modeling.auto_classes import register
 
     register()

@@ -583,8 +583,8 @@ def _read_recipe(path: str):
 
 def _register() -> None:
     """Register the LlavaAudio classes with the Auto classes (`import dali_hf` does it, except in this command,
-    which defers it until a command runs)."""
-    from ._registration import register
+    which defers it until a command runs; see modeling/auto_classes.py)."""
+    from .modeling.auto_classes import register
 
     register()
 

@@ -246,7 +246,7 @@ _LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GR
 
 
 def _caption(model_path: str, pairs, folder: str, settings: dict) -> None:
-    from ._registration import register
+    from .modeling.auto_classes import register
     from .trainers import generate_pseudo_captions
 
     for name in list(os.environ):

@@ -1,5 +1,8 @@
 """The LlavaAudio model folder, what the Hub gets: config, model, processor, feature extractor, pipeline and the media
-rules they share (`media.py`); `save_pretrained` copies these files for `trust_remote_code`.
+rules they share (`media.py`); `save_pretrained` copies these files for `trust_remote_code`. `auto_classes.py` is
+the one place that says how the classes are found: registered with transformers' Auto classes and pipeline registry
+where dali_hf is installed (`register`), named in a saved folder's config.json (`auto_map`, `custom_pipelines`)
+where it is not.
 
 Files here import only torch, transformers, numpy and each other (relative imports), so the Hub copy loads without
 dali_hf; the media decoders (torchaudio, torchcodec, soundfile, PIL) are imported inside the functions that decode.

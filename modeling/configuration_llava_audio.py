@@ -5,6 +5,7 @@ from typing import Literal
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .auto_classes import pipelines_to_keep
 from .configuration_cav_mae import CavMaeAudioConfig
 
 __all__ = ["LlavaAudioConfig", "audio_token_count"]
@@ -41,10 +42,6 @@ class LlavaAudioConfig(PreTrainedConfig):
     """
 
     model_type = "llava_audio"
-    # Tasks whose pipeline an installed dali_hf has registered (its registration sets this). Saved configs name the
-    # captioning pipeline as remote code, for Pythons without dali_hf; where the task is registered, the registered
-    # pipeline is used instead, without asking for trust_remote_code.
-    locally_registered_tasks = ()
     # LLaVA's name for the image placeholder (llava-hf configs and LLaVA tooling read and write it)
     attribute_map = {"image_token_index": "image_token_id"}
     sub_configs_defaults = {
@@ -92,8 +89,8 @@ class LlavaAudioConfig(PreTrainedConfig):
         audio_config = self.audio_config
         if isinstance(audio_config, dict) and audio_config.get("model_type") == CavMaeAudioConfig.model_type:
             self.audio_config = CavMaeAudioConfig(**audio_config)
-        custom_pipelines = {task: info for task, info in (kwargs.pop("custom_pipelines", None) or {}).items()
-                            if task not in self.locally_registered_tasks}
+        # the pipeline a saved folder names for Pythons without dali_hf, unless this Python has it registered
+        custom_pipelines = pipelines_to_keep(kwargs.pop("custom_pipelines", None))
         if custom_pipelines:
             kwargs["custom_pipelines"] = custom_pipelines
         super().__post_init__(**kwargs)

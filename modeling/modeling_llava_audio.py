@@ -9,8 +9,6 @@ embeddings placed wherever the processor put the prefix placeholder.
 
 import copy
 import inspect
-import shutil
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +35,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import select_hidden_states
 
+from .auto_classes import prepare_remote_code, save_pipeline_code
 from .configuration_llava_audio import LlavaAudioConfig
 from .modeling_cav_mae import CavMaeAudioModel
 
@@ -362,22 +361,11 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
         names (AST's `encoder.layer.N.attention.attention.key`, ...). `from_pretrained` reads both, but
         `Trainer(resume_from_checkpoint=...)` loads the raw file with a non-strict `load_state_dict`, which would
         silently skip those tensors and resume with a fresh audio tower. Pass `save_original_format=True` to get
-        the library's format."""
-        # Every auto class that gives the captioner, for loads through trust_remote_code without dali_hf.
-        entry = f"{_MODULE}.{type(self).__name__}"
-        self.config.auto_map = (getattr(self.config, "auto_map", None) or {}) | {
-            auto_class: entry for auto_class in CAPTIONER_AUTO_CLASSES
-        }
-        # The captioning pipeline travels with the model: `pipeline(model=folder, trust_remote_code=True)`.
-        self.config.custom_pipelines = {
-            "audio-captioning": {"impl": f"{_PIPELINE_MODULE}.AudioCaptioningPipeline",
-                                 "pt": ["AutoModelForImageTextToText"], "type": "multimodal"}
-        }
-        pipeline_files = _pipeline_code_files()  # found before anything is written: no half-saved folder
+        the library's format. The folder also gets the code that loads it without dali_hf (`auto_classes`)."""
+        prepare_remote_code(self)  # before anything is written: a save that cannot complete writes nothing
         saved = super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
         if kwargs.get("is_main_process", True):
-            for file in pipeline_files:
-                shutil.copy(file, save_directory)
+            save_pipeline_code(save_directory)
         return saved
 
     def get_image_tokens(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -566,11 +554,6 @@ def build_audio_encoder(audio_config):
     return tower
 
 
-_MODULE = __name__.rsplit(".", 1)[-1]
-_PIPELINE_MODULE = "pipeline_audio_captioning"
-# The Auto classes that give the captioner: saved in `auto_map` (remote code) and registered by dali_hf
-CAPTIONER_AUTO_CLASSES = ("AutoModel", "AutoModelForImageTextToText", "AutoModelForMultimodalLM")
-
 # LLaVA settings that the captioner keeps as they are
 _LLAVA_FIELDS = (
     "image_seq_length",
@@ -580,28 +563,6 @@ _LLAVA_FIELDS = (
     "multimodal_projector_bias",
     "tie_word_embeddings",
 )
-
-
-def _pipeline_code_files() -> list[str]:
-    """The captioning pipeline's module and the modules it imports, which `save_pretrained` copies beside the
-    model's code.
-
-    The import is relative so that transformers, which copies a remote-code module's relative imports with it,
-    puts the pipeline beside this module in its remote-code cache too: a model loaded with trust_remote_code then
-    saves a complete folder. It sits in this function to keep the pipeline out of the model's import time."""
-    from transformers.dynamic_module_utils import get_relative_import_files
-
-    from .pipeline_audio_captioning import AudioCaptioningPipeline
-
-    path = sys.modules[AudioCaptioningPipeline.__module__].__file__
-    try:
-        return [path, *get_relative_import_files(path)]
-    except FileNotFoundError as error:
-        raise FileNotFoundError(
-            f"Cannot save the captioner: its pipeline code {error.filename} is missing (nothing was written). "
-            "Reinstall dali-hf, or load the model again from a folder or Hub repo that has "
-            "pipeline_audio_captioning.py."
-        ) from error
 
 
 def _select_image_tokens(vision_outputs, vision_feature_layer, vision_feature_select_strategy) -> torch.Tensor:

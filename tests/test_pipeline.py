@@ -258,6 +258,9 @@ REMOTE_PIPELINE = textwrap.dedent(
     from transformers import pipeline
     captioner = pipeline(model=sys.argv[1], trust_remote_code=True)
     assert "dali_hf" not in type(captioner).__module__
+    # the task named, as with dali_hf installed: the folder's entry for it
+    named = pipeline("audio-captioning", model=sys.argv[1], trust_remote_code=True)
+    assert type(named) is type(captioner), type(named)
     clip = (0.3 * np.sin(np.arange(8000) / 16000 * 2 * np.pi * 440)).astype(np.float32)
     print(type(captioner).__name__, captioner(clip, sampling_rate=16000, max_new_tokens=3))
     """
