@@ -18,15 +18,19 @@ writes `custom_pipelines` only when a pipeline object is saved, so the captioner
 `prepare_remote_code` before it writes anything and `save_pipeline_code` after: config.json's `auto_map` names the
 captioner for every class of `CAPTIONER_AUTO_CLASSES`, `custom_pipelines` names the captioning pipeline (the entry
 `Pipeline.save_pretrained` writes), and the pipeline's module and its relative imports are copied beside the
-model's (`custom_object_save` again).
+model's (`custom_object_save` again). As the config imports this module, and its functions import the other files
+here relatively, a saved folder holds every file of modeling/ (transformers copies relative imports, those inside
+functions too).
 
 Loading a folder in a Python where the task is registered with this very pipeline (dali_hf's registration), the
 config leaves the folder's `custom_pipelines` entry for that task out (`pipelines_to_keep`): `pipeline()` would
 otherwise ask for trust_remote_code to load code it already has. Folders saved before keep loading: their
 config.json has the same keys.
 
-This module imports only the standard library at module level (the config imports it); the classes are imported
-by the functions that need them.
+The callers are one line each: `dali_hf/__init__.py` and the command line (`register`), the config's
+`__post_init__` (`pipelines_to_keep`), the captioner's `save_pretrained` (`prepare_remote_code`,
+`save_pipeline_code`). This module imports only the standard library at module level (the config imports it); the
+classes are imported by the functions that need them.
 """
 
 import sys
