@@ -19,8 +19,8 @@ writes `custom_pipelines` only when a pipeline object is saved, so the captioner
 captioner for every class of `CAPTIONER_AUTO_CLASSES`, `custom_pipelines` names the captioning pipeline (the entry
 `Pipeline.save_pretrained` writes), and the pipeline's module and its relative imports are copied beside the
 model's (`custom_object_save` again). As the config imports this module, and its functions import the other files
-here relatively, a saved folder holds every module of modeling/ but `__init__.py` (transformers copies relative imports, those inside
-functions too).
+here relatively, a saved folder holds every module of modeling/ but `__init__.py` (transformers copies relative
+imports, those inside functions too).
 
 Loading a folder in a Python where the task is registered with this very pipeline (dali_hf's registration), the
 config leaves the folder's `custom_pipelines` entry for that task out (`pipelines_to_keep`): `pipeline()` would
