@@ -2,7 +2,8 @@
 
 Layout, imports flowing one way (`tests/test_import_graph.py` checks it):
 
-    modeling/      the model files the Hub gets (config, model, processor, feature extractor, pipeline, media)
+    modeling/      the model files the Hub gets (config, model, processor, feature extractor, pipeline, media,
+                   and the words shared with the trainers and the CLI: vocabulary.py, importable without torch)
     model_cards/   the model card template and its rendering
     trainers/      the stages' Trainer subclasses, configs and objectives    imports modeling, model_cards
     dali_hf/*.py   the CLI, recipe, conversion, data, evaluation, metrics, Hub uploads and the tiny builders of

@@ -15,6 +15,9 @@ import re
 import sys
 from pathlib import Path
 
+from .metrics import ALL_METRICS
+from .modeling.vocabulary import DECODING_PRESETS, LONG_AUDIO_POLICIES, MODES, PROMPT_PRESETS, stage_named
+
 __all__ = ["main"]
 
 
@@ -31,20 +34,27 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 HELP_FORMAT = HelpFormatter
-PRESETS = ("greedy", "paper")  # the decoding presets of pipeline("audio-captioning") (PRESETS there)
-METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider_d", "spice", "spider")
-# The subcommands are the stages' names (`dali_hf.trainers.stages.STAGES`, checked by the tests): written out here so
-# that `--help` and argument errors answer without importing torch.
+
+
+def _stage_help(name: str, note: str = "") -> str:
+    """A stage subcommand's help: "stage 1b: " and the stage's summary (`STAGES`), then `note`."""
+    stage = stage_named(name)
+    return f"stage {stage.step}: {stage.summary}{note}"
+
+
+# The subcommands are the stages' names (`STAGES` in `dali_hf.modeling.vocabulary`, which imports nothing heavy)
 TRAINING_STAGES = {
     # subcommand: (trainer class, config class, help)
-    "prefix-tune": ("PrefixTuningTrainer", "PrefixTuningConfig",
-                    "stage 1a: learn the prefix on (image, sound caption) pairs"),
+    "prefix-tune": ("PrefixTuningTrainer", "PrefixTuningConfig", _stage_help("prefix-tune")),
     "align": ("DistributionAlignmentTrainer", "AlignmentConfig",
-              "stage 1b: align the audio encoder's tokens to the image tokens (writes token_distributions.png)"),
-    "distill": ("AudioVisualDistillationTrainer", "DistillationConfig",
-                "stage 2b: fine-tune the audio projector on the pseudo-captions (--captions)"),
+              _stage_help("align", " (writes token_distributions.png)")),
+    "distill": ("AudioVisualDistillationTrainer", "DistillationConfig", _stage_help("distill", " (--captions)")),
 }
-PSEUDO_CAPTION_HELP = "stage 2a: caption (audio, image) pairs from image + audio + prefix"
+PSEUDO_CAPTION_HELP = _stage_help("pseudo-caption")
+# --preset of caption and pseudo-caption: the pipeline's decoding presets
+PRESET_HELP = "decoding: greedy (reproducible) or paper (temperature 0.2, as the reference code)"
+# --prompt-preset of caption and pseudo-caption: the processor's prompt presets (default: the processor's own)
+PROMPT_PRESET_HELP = "system texts: none, or the authors' (default: the model's processor's)"
 
 
 # ---- argument types: invalid values are argparse errors, at parse time --------------------------------------------
@@ -260,12 +270,10 @@ def _add_pseudo_caption(subparsers) -> None:
     _add_job_flags(parser, "--output-dir")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="clips per generate() call")
     parser.add_argument("--max-new-tokens", type=positive_int, default=128, help="longest caption, in tokens")
-    parser.add_argument("--preset", default="greedy", choices=PRESETS,
-                        help="decoding: greedy (reproducible) or paper (temperature 0.2, as the reference code)")
+    parser.add_argument("--preset", default="greedy", choices=list(DECODING_PRESETS), help=PRESET_HELP)
     parser.add_argument("--paper-sampling", dest="preset", action="store_const", const="paper",
                         help=argparse.SUPPRESS)  # the former name of --preset paper
-    parser.add_argument("--prompt-preset", choices=["llava", "reference"],
-                        help="system texts: none, or the authors' (default: the model's processor's)")
+    parser.add_argument("--prompt-preset", choices=list(PROMPT_PRESETS), help=PROMPT_PRESET_HELP)
     parser.set_defaults(func=_run_pseudo_caption)
 
 
@@ -285,7 +293,7 @@ def _run_pseudo_caption(args) -> None:
     from .trainers.jobs import job_state
 
     state = job_state()
-    sampling = dict(do_sample=True, temperature=0.2) if args.preset == "paper" else dict(do_sample=False)
+    sampling = DECODING_PRESETS[args.preset]
     model = AutoModel.from_pretrained(args.model).to(state.device if state.num_processes > 1 else "cpu")
     result = generate_pseudo_captions(model, AutoProcessor.from_pretrained(args.model),
                                       datasets.load_from_disk(args.data), args.output_dir,
@@ -307,7 +315,7 @@ def _add_caption(subparsers) -> None:
         "processes and the output is the one a single process writes.")
     parser.add_argument("inputs", nargs="+", help="files and/or folders (searched recursively)")
     parser.add_argument("--model", required=True, help="LlavaAudio folder or Hub id")
-    parser.add_argument("--mode", default="audio", choices=["audio", "audiovisual", "image"],
+    parser.add_argument("--mode", default="audio", choices=MODES,
                         help="audio: the sound; audiovisual: the sound and a frame of each video (--frame); image: "
                              "image files (or a video frame) alone")
     parser.add_argument("--frame", default="middle", type=frame_position,
@@ -315,21 +323,19 @@ def _add_caption(subparsers) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=1, help="inputs per generate() call")
     parser.add_argument("--output", default="captions.jsonl", help="json lines file to write")
     _add_job_flags(parser, "--output")
-    parser.add_argument("--preset", default="greedy", choices=PRESETS,
-                        help="decoding: greedy (reproducible) or paper (temperature 0.2, as the reference code)")
+    parser.add_argument("--preset", default="greedy", choices=list(DECODING_PRESETS), help=PRESET_HELP)
     parser.add_argument("--max-new-tokens", type=positive_int, default=64, help="longest caption, in tokens")
     parser.add_argument("--prompt", help="instruction in place of the model's default one")
     parser.add_argument("--chunk-length-s", type=positive_float,
                         help="window for long audio (default: the encoder's input length)")
     parser.add_argument("--stride-length-s", type=non_negative_float, default=0.0,
                         help="overlap of consecutive windows, in seconds")
-    parser.add_argument("--long-audio", default="chunks", choices=["chunks", "first_window"],
+    parser.add_argument("--long-audio", default="chunks", choices=LONG_AUDIO_POLICIES,
                         help="audio longer than the encoder's window: one caption per window, or of the first only")
     parser.add_argument("--silence-threshold-db", type=silence_threshold, default=-60.0,
                         help='audio whose peak is at or below this level (dBFS) is captioned "silence"; "off" '
                              "turns the check off")
-    parser.add_argument("--prompt-preset", choices=["llava", "reference"],
-                        help="system texts: none, or the authors' (default: the model's processor's)")
+    parser.add_argument("--prompt-preset", choices=list(PROMPT_PRESETS), help=PROMPT_PRESET_HELP)
     parser.set_defaults(func=_run_caption)
 
 
@@ -420,8 +426,8 @@ def _add_evaluate(subparsers) -> None:
     _add_job_flags(parser, "--output-dir")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="clips per generate() call")
     parser.add_argument("--max-new-tokens", type=positive_int, default=64, help="longest caption, in tokens")
-    parser.add_argument("--metrics", nargs="+", choices=METRICS, metavar="METRIC",
-                        help=f"some of {', '.join(METRICS)} (default: every metric that can run here)")
+    parser.add_argument("--metrics", nargs="+", choices=ALL_METRICS, metavar="METRIC",
+                        help=f"some of {', '.join(ALL_METRICS)} (default: every metric that can run here)")
     parser.add_argument("--long-clips", default="first_window", choices=["first_window", "joined_chunks"],
                         help="clips longer than the encoder's window: a caption of the first window (the paper's "
                              "protocol), or the captions of every window joined")

@@ -34,6 +34,7 @@ from .modeling import (
     LlavaAudioProcessor,
 )
 from .modeling.media import CHANNEL_POLICIES
+from .modeling.vocabulary import PROMPT_PRESETS
 from .trainers.alignment import SCORERS_NAME
 
 __all__ = [
@@ -390,7 +391,7 @@ def add_convert_subcommand(subparsers) -> argparse.ArgumentParser:
         "--audio-config", help="JSON file of CavMaeAudioConfig fields, for a checkpoint of another size"
     )
     parser.add_argument(
-        "--prompt-preset", default="reference", choices=["reference", "llava"],
+        "--prompt-preset", default="reference", choices=list(PROMPT_PRESETS),
         help="system texts of the prompts (processor prompt_preset): the authors' (default) or none",
     )
     parser.add_argument(

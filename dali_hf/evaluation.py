@@ -155,12 +155,12 @@ def evaluate_captioner(model, data: datasets.Dataset, output_dir: str, mode: str
     (its clips are kept, the rest captioned) or `overwrite`. Under `accelerate launch` the clips are split between
     the processes; the files are those one process writes, and the main process scores.
     """
-    from huggingface_hub import EvalResult
     from huggingface_hub.repocard_data import eval_results_to_model_index
     from transformers import pipeline
 
     from .captioning import caption_rows
     from .metrics import score
+    from .model_cards import eval_results_of
     from .modeling.media import media_duration
     from .trainers.jobs import check_output_dir, job_state, run_job
 
@@ -200,16 +200,11 @@ def evaluate_captioner(model, data: datasets.Dataset, output_dir: str, mode: str
     scores_path = Path(output_dir, "scores.json")
     if state.is_main_process:
         results = score([c for c, _ in scored], [r for _, r in scored], wanted)
-        report = {"scores": results, "not_computed": not_computed, "clips_scored": len(scored),
+        report = {"scores": results, "split": split, "not_computed": not_computed, "clips_scored": len(scored),
                   "clips_failed": failed, "mode": mode, "long_clips": long_clips,
                   "decoding": {"do_sample": False, "max_new_tokens": max_new_tokens}}
         scores_path.write_text(json.dumps(report, indent=2))
-        eval_results = [
-            EvalResult(task_type="audio-captioning", task_name="Audio captioning", dataset_type=dataset_name.lower(),
-                       dataset_name=dataset_name, dataset_split=split, metric_type=name, metric_name=name.upper(),
-                       metric_value=round(100 * value, 2))
-            for name, value in results.items()
-        ]
+        eval_results = eval_results_of(dataset_name, report)  # the record `dali-hf push --eval-results` reads
         model_index = eval_results_to_model_index(model_name or "dali", eval_results)
         Path(output_dir, "model_index.json").write_text(json.dumps(model_index, indent=2))
         if failed:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-__all__ = ["TEMPLATE", "eval_result_files", "record_stage", "render_model_card", "write_model_card"]
+__all__ = ["TEMPLATE", "eval_result_files", "eval_results_of", "record_stage", "render_model_card", "write_model_card"]
 
 TEMPLATE = Path(__file__).with_name("dali_model_card.md")
 
@@ -44,13 +44,7 @@ def render_model_card(folder, repo_id: str | None = None, eval_results: dict | N
     base_model = config.get("base_model")
     alignment = next((s for s in stages if s["stage"] in ("align", "alignment")), None)  # "alignment": saved by earlier versions
     objective = alignment["objective"] if alignment else "none recorded"
-    results = []
-    for dataset, entry in (eval_results or {}).items():
-        for metric, value in entry["scores"].items():
-            results.append(EvalResult(task_type="audio-captioning", task_name="Audio captioning",
-                                      dataset_type=entry.get("dataset_id") or dataset.lower(), dataset_name=dataset,
-                                      dataset_split=entry.get("split", "test"), metric_type=metric,
-                                      metric_name=metric.upper(), metric_value=round(100 * value, 2)))
+    results = [result for dataset, entry in (eval_results or {}).items() for result in eval_results_of(dataset, entry)]
     card_data = ModelCardData(
         library_name="transformers", pipeline_tag="audio-text-to-text", license=license, base_model=base_model,
         tags=["audio-captioning", "dali", "llava", "zero-shot", "custom_code"], datasets=datasets,
@@ -63,6 +57,17 @@ def render_model_card(folder, repo_id: str | None = None, eval_results: dict | N
         or "none recorded (built from parts or converted)",
         training_section=_training_section(stages), evaluation_section=_evaluation_section(eval_results),
     )
+
+
+def eval_results_of(dataset: str, entry: dict) -> list[EvalResult]:
+    """The `model-index` results (scores in percent) of one evaluated dataset, as a model card and `dali-hf evaluate`'s
+    `model_index.json` hold them. `entry` is the evaluation record: {"scores": {metric: value in [0, 1]}, "split":
+    (default "test"), "dataset_id": Hub id or None (default: `dataset` in lower case)}."""
+    return [EvalResult(task_type="audio-captioning", task_name="Audio captioning",
+                       dataset_type=entry.get("dataset_id") or dataset.lower(), dataset_name=dataset,
+                       dataset_split=entry.get("split", "test"), metric_type=metric, metric_name=metric.upper(),
+                       metric_value=round(100 * value, 2))
+            for metric, value in entry["scores"].items()]
 
 
 def write_model_card(folder, repo_id: str | None = None, eval_results: dict | None = None, **card_kwargs) -> ModelCard:

@@ -62,20 +62,15 @@ from .media import (
     load_image,
     to_mono_rate,
 )
+from .vocabulary import DECODING_PRESETS, LONG_AUDIO_POLICIES, MODES
 
 logger = logging.get_logger(__name__)
 
 __all__ = ["AudioCaptioningPipeline", "CaptionRequest", "LONG_AUDIO_POLICIES", "ON_ERROR", "PRESETS", "SILENCE_CAPTION",
            "caption_windows", "captioning_engine"]
 
-PRESETS = {
-    "greedy": {"do_sample": False, "num_beams": 1, "max_new_tokens": 64},
-    "paper": {"do_sample": True, "temperature": 0.2, "num_beams": 1, "max_new_tokens": 64},
-}
-MODES = ("audio", "audiovisual", "image")
-# "chunks": every window captioned, with its timestamp; "first_window": one caption of the first window (how the
-# paper's benchmarks are scored: clips longer than the encoder's input are cut to it)
-LONG_AUDIO_POLICIES = ("chunks", "first_window")
+# the decoding presets (`preset=`), each with one beam and 64 new tokens
+PRESETS = {name: {**sampling, "num_beams": 1, "max_new_tokens": 64} for name, sampling in DECODING_PRESETS.items()}
 SILENCE_CAPTION = "silence"
 DEFAULT_SILENCE_THRESHOLD_DB = -60.0
 FRAME_SECONDS = 0.025  # one analysis frame of the filterbank encoders: shorter audio gives no frame

@@ -8,6 +8,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import logging
 
 from .configuration_llava_audio import audio_token_count
+from .vocabulary import PROMPT_PRESETS
 
 logger = logging.get_logger(__name__)
 
@@ -16,19 +17,6 @@ __all__ = ["LlavaAudioProcessor", "placeholder_token_ids", "CHAT_TEMPLATE", "DEF
 AUDIO_TOKEN = "<audio>"
 PREFIX_TOKEN = "<prefix>"
 DEFAULT_PROMPT = "Describe the sound that can be heard in this scene."  # the reference code's prompt
-
-# System texts put before "USER:", per preset, for inference (captioning, pseudo-captions) and for training (prefix
-# tuning, distillation). "llava": none, llava-hf's prompt. "reference": those of the DALI authors' code, Vicuna's
-# texts of its `llava_v1` (inference) and `vicuna_v1` (training) conversation templates.
-PROMPT_PRESETS = {
-    "llava": {"inference": None, "training": None},
-    "reference": {
-        "inference": "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
-                     "helpful, detailed, and polite answers to the human's questions.",
-        "training": "A chat between a curious user and an artificial intelligence assistant. The assistant gives "
-                    "helpful, detailed, and polite answers to the user's questions.",
-    },
-}
 
 # LLaVA-1.5's `llava_v1` template as llava-hf writes it, with audio and prefix placeholders right after the image
 # (in DALI the prefix sits right after the modality tokens, before the prompt text). Image-only prompts are

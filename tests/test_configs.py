@@ -12,7 +12,7 @@ from dali_hf.cli import main
 from dali_hf.modeling.processing_llava_audio import PROMPT_PRESETS
 from dali_hf.trainers import AlignmentConfig, DistillationConfig, PrefixTuningConfig
 from dali_hf.trainers.alignment import TRAINABLE
-from dali_hf.trainers.arguments import PromptPreset
+from dali_hf.trainers.arguments import CaptionStageConfig, PromptPreset
 
 CONFIGS = {"align": AlignmentConfig, "prefix-tune": PrefixTuningConfig, "distill": DistillationConfig}
 # every field whose value is one of a few words, and its words
@@ -63,11 +63,11 @@ def settings(tmp_path, **values):
     return dict(output_dir=str(tmp_path), report_to=[], use_cpu=True) | values
 
 
-@pytest.mark.parametrize("config_class", CONFIGS.values(), ids=lambda c: c.__name__)
+@pytest.mark.parametrize("config_class", [*CONFIGS.values(), CaptionStageConfig], ids=lambda c: c.__name__)
 def test_every_field_is_documented_the_same_in_docstring_and_help(config_class):
     fields = own_fields(config_class)
     documented = documented_parameters(config_class)
-    assert len(fields) >= 6
+    assert len(fields) >= 5
     for config_field in fields:
         help_text = " ".join(config_field.metadata.get("help", "").split())
         assert help_text, f"{config_class.__name__}.{config_field.name} has no help"
@@ -133,3 +133,15 @@ def test_cli_rejects_a_bad_choice_before_loading_anything(capsys, tmp_path):
     error = capsys.readouterr().err
     assert "argument --objective: invalid choice: 'wasserstein'" in error
     assert "'attentive_ot'" in error
+
+
+@pytest.mark.parametrize("config_class", [PrefixTuningConfig, DistillationConfig], ids=lambda c: c.__name__)
+def test_the_caption_stages_share_their_base(config_class, tmp_path):
+    """The prompt preset and the authors' schedule are declared once, in CaptionStageConfig (as TRL's configs share
+    `_BaseConfig`); a saved config (the Trainer's training_args.bin, a pickle) loads back the same."""
+    import pickle
+
+    assert issubclass(config_class, CaptionStageConfig)
+    assert not {"prompt_preset", "lr_scheduler_type", "warmup_steps"} & set(vars(config_class)["__annotations__"])
+    config = config_class(**settings(tmp_path, prompt_preset="reference", warmup_steps=5))
+    assert pickle.loads(pickle.dumps(config)).to_dict() == config.to_dict()

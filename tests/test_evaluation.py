@@ -168,7 +168,8 @@ def test_evaluate_cli_end_to_end(tmp_path, llava_parts):
             writer.writerow([name] + ["a dog barks", "a bell rings", "rain falls", "water flows", "a car engine"])
     out = tmp_path / "eval"
     args = ["evaluate", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "clotho.csv"), "--audio-dir",
-            str(tmp_path / "audio"), "--output-dir", str(out), "--max-new-tokens", "4", "--batch-size", "4"]
+            str(tmp_path / "audio"), "--output-dir", str(out), "--max-new-tokens", "4", "--batch-size", "4",
+            "--split", "evaluation"]
     main(args)
     captions = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
     assert [c["id"] for c in captions] == names and all("caption" in c and len(c["references"]) == 5
@@ -181,6 +182,12 @@ def test_evaluate_cli_end_to_end(tmp_path, llava_parts):
     metrics = {m["type"]: m["value"] for m in index[0]["results"][0]["metrics"]}
     assert metrics["cider_d"] == round(100 * expected["cider_d"], 2)
     assert index[0]["results"][0]["dataset"]["name"] == "Clotho"
+    # the record scores.json keeps is the one a model card reads (`dali-hf push --eval-results Clotho=scores.json`)
+    from dali_hf.model_cards import render_model_card
+
+    card = render_model_card(tmp_path / "model", repo_id="model",
+                             eval_results={"Clotho": {"scores": report["scores"], "split": report["split"]}})
+    assert card.data.to_dict()["model-index"] == index and index[0]["results"][0]["dataset"]["split"] == "evaluation"
     main([*args, "--output-dir", str(tmp_path / "again")])  # the last --output-dir wins
     again = [json.loads(line) for line in (tmp_path / "again" / "captions.jsonl").read_text().splitlines()]
     assert again == captions  # greedy: reproducible

@@ -22,7 +22,8 @@ EVAL = {"AudioCaps": {"scores": {"meteor": 0.123, "rouge_l": 0.331, "cider_d": 0
 NEEDED = ["README.md", "auto_classes.py", "chat_template.jinja", "config.json", "configuration_cav_mae.py",
           "configuration_llava_audio.py", "feature_extraction_cav_mae.py", "generation_config.json", "media.py",
           "model.safetensors", "modeling_cav_mae.py", "modeling_llava_audio.py", "pipeline_audio_captioning.py",
-          "processing_llava_audio.py", "processor_config.json", "tokenizer.json", "tokenizer_config.json"]
+          "processing_llava_audio.py", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
+          "vocabulary.py"]
 
 
 @pytest.fixture(scope="module")

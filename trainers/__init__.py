@@ -1,5 +1,6 @@
-"""DALI's training stages as Trainer subclasses (`STAGES` in `stages.py` names them), their configs, collators and
-objectives (`objectives/`), and the language-model-free model that alignment trains (`lean.py`).
+"""DALI's training stages as Trainer subclasses (`STAGES`, from `dali_hf.modeling.vocabulary`, names them), their
+configs (the two captioning stages' share `CaptionStageConfig`, in `arguments.py`), collators and objectives
+(`objectives/`), and the language-model-free model that alignment trains (`lean.py`).
 
 May import `dali_hf.modeling` and `dali_hf.model_cards`, never dali_hf's top-level modules (which import this)."""
 

@@ -7,9 +7,7 @@ the language-model loss on them, from audio alone and without the prefix. The im
 
 from dataclasses import dataclass, field
 
-from transformers import TrainingArguments
-
-from .arguments import PromptPreset, check_choices
+from .arguments import CaptionStageConfig, keep_columns_field, prompt_field
 from .collators import CaptionCollator
 from .lora import inject_lora, merge_lora
 from .pseudo_captions import PSEUDO_CAPTIONS_FILE, SKIPPED_FILE, attach_captions, generate_pseudo_captions
@@ -27,7 +25,7 @@ __all__ = [
 
 
 @dataclass
-class DistillationConfig(TrainingArguments):
+class DistillationConfig(CaptionStageConfig):
     r"""
     Configuration class for [`AudioVisualDistillationTrainer`], stage 2 of DALI: fine-tune the audio projector on
     pseudo-captions, from audio alone (docs/method.md, section 5).
@@ -78,17 +76,8 @@ class DistillationConfig(TrainingArguments):
             name.
     """
 
-    # Parameters that control the prompt
-    prompt: str | None = field(
-        default=None,
-        metadata={"help": "Instruction after the audio tokens; `None` means the processor's `default_prompt` "
-                          "(\"Describe the sound that can be heard in this scene.\")."},
-    )
-    prompt_preset: PromptPreset | None = field(
-        default=None,
-        metadata={"help": "System text put before the prompt: `\"llava\"` (none) or `\"reference\"` (that of the "
-                          "authors' training code); `None` means the processor's `prompt_preset`."},
-    )
+    # Parameters that control the prompt (`prompt_preset`: CaptionStageConfig's)
+    prompt: str | None = prompt_field("the audio tokens")
     use_prefix: bool = field(
         default=False,
         metadata={"help": "Keep the learned prefix after the audio tokens (the authors' code distils without it)."},
@@ -111,31 +100,14 @@ class DistillationConfig(TrainingArguments):
         metadata={"help": "Names of the language model's linear layers that get adapters."},
     )
 
-    # Parameters whose defaults differ from TrainingArguments
+    # Parameters whose defaults differ from TrainingArguments (the schedule's: CaptionStageConfig's)
     learning_rate: float = field(
         default=2e-4, metadata={"help": "Initial learning rate of the optimiser (the authors' code: 2e-4)."}
-    )
-    lr_scheduler_type: str = field(
-        default="cosine", metadata={"help": "Learning-rate schedule (the authors' code: cosine)."}
-    )
-    warmup_steps: float = field(
-        default=0.03,
-        metadata={"help": "Linear warm-up of the learning rate from 0: below 1, a share of the optimiser steps (the "
-                          "authors' code: 0.03); 1 or more, a number of steps. The model card records the steps it came "
-                          "to."},
     )
     num_train_epochs: float = field(
         default=1.0, metadata={"help": "Passes over the pseudo-captioned clips (the authors' code: 1)."}
     )
-    remove_unused_columns: bool = field(
-        default=False,
-        metadata={"help": "Keep every dataset column: the collator reads `audio` and `caption`, which the model's "
-                          "forward does not name."},
-    )
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_choices(self)
+    remove_unused_columns: bool = keep_columns_field("`audio` and `caption`")
 
 
 class AudioVisualDistillationTrainer(CaptionStageTrainer):

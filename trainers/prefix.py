@@ -6,9 +6,7 @@ captions of a handful of (video frame, sound caption) pairs (docs/method.md, sec
 
 from dataclasses import dataclass, field
 
-from transformers import TrainingArguments
-
-from .arguments import PromptPreset, check_choices
+from .arguments import CaptionStageConfig, keep_columns_field, prompt_field
 from .collators import CaptionCollator
 from .stages import CaptionStageTrainer
 
@@ -16,7 +14,7 @@ __all__ = ["PrefixTuningConfig", "PrefixTuningTrainer"]
 
 
 @dataclass
-class PrefixTuningConfig(TrainingArguments):
+class PrefixTuningConfig(CaptionStageConfig):
     r"""
     Configuration class for [`PrefixTuningTrainer`], stage 1a of DALI: learn the prefix embeddings on (video frame,
     sound caption) pairs (docs/method.md, section 2).
@@ -50,41 +48,15 @@ class PrefixTuningConfig(TrainingArguments):
             name.
     """
 
-    # Parameters that control the prompt
-    prompt: str | None = field(
-        default=None,
-        metadata={"help": "Instruction after the image tokens and the prefix; `None` means the processor's "
-                          "`default_prompt` (\"Describe the sound that can be heard in this scene.\")."},
-    )
-    prompt_preset: PromptPreset | None = field(
-        default=None,
-        metadata={"help": "System text put before the prompt: `\"llava\"` (none) or `\"reference\"` (that of the "
-                          "authors' training code); `None` means the processor's `prompt_preset`."},
-    )
+    # Parameters that control the prompt (`prompt_preset`: CaptionStageConfig's)
+    prompt: str | None = prompt_field("the image tokens and the prefix")
 
-    # Parameters whose defaults differ from TrainingArguments
+    # Parameters whose defaults differ from TrainingArguments (the schedule's: CaptionStageConfig's)
     learning_rate: float = field(
         default=1e-3,
         metadata={"help": "Initial learning rate of the optimiser (the authors' code: 1e-3; the paper says 2e-4)."},
     )
-    lr_scheduler_type: str = field(
-        default="cosine", metadata={"help": "Learning-rate schedule (the authors' code: cosine)."}
-    )
-    warmup_steps: float = field(
-        default=0.03,
-        metadata={"help": "Linear warm-up of the learning rate from 0: below 1, a share of the optimiser steps (the "
-                          "authors' code: 0.03); 1 or more, a number of steps. The model card records the steps it came "
-                          "to."},
-    )
-    remove_unused_columns: bool = field(
-        default=False,
-        metadata={"help": "Keep every dataset column: the collator reads `image` and `caption`, which the model's "
-                          "forward does not name."},
-    )
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_choices(self)
+    remove_unused_columns: bool = keep_columns_field("`image` and `caption`")
 
 
 class PrefixTuningTrainer(CaptionStageTrainer):

@@ -1,8 +1,9 @@
-"""DALI's stages, named once, and what their trainers share.
+"""DALI's stages and what their trainers share.
 
-`STAGES` is the one vocabulary of stages: each has a step ("1a") and a name ("prefix-tune"), which are the `dali-hf`
-subcommand, the recipe's config section, the folder the recipe writes (`1a-prefix-tune`), the stage recorded in a
-saved config and shown on its model card, and the name used in the docs and the memory tables:
+`STAGES` (defined in `dali_hf.modeling.vocabulary`, where the command line reads it without torch) is the one
+vocabulary of stages: each has a step ("1a") and a name ("prefix-tune"), which are the `dali-hf` subcommand, the
+recipe's config section, the folder the recipe writes (`1a-prefix-tune`), the stage recorded in a saved config and
+shown on its model card, and the name used in the docs and the memory tables:
 
     1a prefix-tune      learn the prefix on (image, sound caption) pairs
     1b align            align the audio encoder's tokens to the image tokens
@@ -12,46 +13,13 @@ saved config and shown on its model card, and the name used in the docs and the 
 The captioning stages (1a, 2b) freeze all but one part and train it with the language-model loss on captions.
 """
 
-from typing import NamedTuple
-
 import torch
 from transformers import Trainer
 
 from ..model_cards import record_stage, write_model_card
+from ..modeling.vocabulary import STAGES, Stage, stage_named
 
 __all__ = ["STAGES", "CaptionStageTrainer", "ModelCardMixin", "Stage", "freeze_all_but", "stage_named"]
-
-
-class Stage(NamedTuple):
-    step: str
-    name: str
-    summary: str
-
-    @property
-    def folder(self) -> str:
-        """The recipe's folder of this stage, e.g. "1b-align"."""
-        return f"{self.step}-{self.name}"
-
-    @property
-    def title(self) -> str:
-        """How docs, cards and tables name it, e.g. "1b align"."""
-        return f"{self.step} {self.name}"
-
-
-STAGES = (
-    Stage("1a", "prefix-tune", "learn the prefix on (image, sound caption) pairs"),
-    Stage("1b", "align", "align the audio encoder's tokens to the image tokens"),
-    Stage("2a", "pseudo-caption", "caption (audio, image) pairs from image + audio + prefix"),
-    Stage("2b", "distill", "fine-tune the audio projector on the pseudo-captions"),
-)
-
-
-def stage_named(name: str) -> Stage:
-    """The stage called `name` ("align"), or an error listing the names."""
-    for stage in STAGES:
-        if stage.name == name:
-            return stage
-    raise ValueError(f"unknown stage {name!r}: the stages are {', '.join(s.name for s in STAGES)}")
 
 
 def freeze_all_but(model, *parts: str) -> None:
