@@ -10,6 +10,9 @@ import sys
 import typing
 
 import pytest
+
+from dali_hf import cli
+from dali_hf.metrics import ALL_METRICS
 from dali_hf.modeling import pipeline_audio_captioning, processing_llava_audio
 from dali_hf.modeling.vocabulary import (
     DECODING_PRESETS,
@@ -21,9 +24,6 @@ from dali_hf.modeling.vocabulary import (
 )
 from dali_hf.trainers import DistillationConfig, PrefixTuningConfig, stages
 from dali_hf.trainers.arguments import CaptionStageConfig
-
-from dali_hf import cli
-from dali_hf.metrics import ALL_METRICS
 
 
 def quoted(text: str) -> set[str]:
