@@ -4,6 +4,11 @@ rules they share (`media.py`); `save_pretrained` copies these files for `trust_r
 Files here import only torch, transformers, numpy and each other (relative imports), so the Hub copy loads without
 dali_hf; the media decoders (torchaudio, torchcodec, soundfile, PIL) are imported inside the functions that decode.
 Nothing here imports the rest of dali_hf.
+
+The models are written as transformers writes its own: the CAV-MAE encoder attends through transformers' attention
+interface (`attn_implementation`: "eager", "sdpa", "flash_attention_2", "flex_attention", settable per sub-config of
+the captioner) and records hidden states and attentions with transformers' output-capturing hooks; the captioner calls
+any audio tower as transformers' audio encoders are called, `(features, mask, **kwargs)`.
 """
 
 from .configuration_cav_mae import CavMaeAudioConfig
