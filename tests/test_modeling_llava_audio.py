@@ -205,14 +205,15 @@ class TestLlavaAudioModel:
             assert args[1] is inputs.get("input_features_mask")
         assert seen[0][1].get("output_attentions") is True and seen[1][1] == {"return_dict": True}
 
-    # ---- 1. inputs_embeds ---------------------------------------------------------------------------------------------
+    # ---- 1. inputs_embeds --------------------------------------------------------------------------------------------
 
     def test_inputs_embeds_place_every_feature_like_input_ids(self, tester, full_inputs):
         model = tester.model
         embeds = model.get_input_embeddings()(full_inputs.input_ids)
         with torch.no_grad():
             from_ids = model(**full_inputs).logits
-            from_embeds = model(inputs_embeds=embeds, attention_mask=full_inputs.attention_mask, **media(full_inputs)).logits
+            from_embeds = model(inputs_embeds=embeds, attention_mask=full_inputs.attention_mask,
+                                **media(full_inputs)).logits
         assert torch.equal(from_ids, from_embeds)
 
         prompt_length = full_inputs.input_ids.shape[1]
@@ -222,7 +223,7 @@ class TestLlavaAudioModel:
         assert torch.equal(generated, from_embeds)
 
 
-    # ---- 2. generation without a cache, beams, sampling; placeholders never generated, stray ids ignored ---------------
+    # ---- 2. generation without a cache, beams, sampling; placeholders never generated, stray ids ignored -------------
 
     def test_generation_without_cache_beam_and_sampling(self, tester, full_inputs):
         model, processor = tester.model, tester.processor
@@ -295,18 +296,20 @@ class TestLlavaAudioModel:
             plain = model.get_audio_features(features)
             full = model.get_audio_features(features, output_hidden_states=True, output_attentions=True)
             logits = model(**full_inputs)
-        assert torch.equal(plain.pooler_output, by_hand) and torch.equal(plain.last_hidden_state, encoder.last_hidden_state)
+        assert torch.equal(plain.pooler_output, by_hand)
+        assert torch.equal(plain.last_hidden_state, encoder.last_hidden_state)
         assert plain.hidden_states is None and plain.attentions is None
         n_layers = model.config.audio_config.num_hidden_layers
         assert len(full.hidden_states) == n_layers + 1 and len(full.attentions) == n_layers
         assert all(map(torch.equal, full.hidden_states, encoder.hidden_states))
         # forward uses the getters' outputs
-        assert torch.equal(logits.audio_outputs.pooler_output, by_hand) and torch.equal(logits.audio_hidden_states, by_hand)
+        assert torch.equal(logits.audio_outputs.pooler_output, by_hand)
+        assert torch.equal(logits.audio_hidden_states, by_hand)
         assert all(map(torch.equal, logits.image_outputs.pooler_output,
                        model.get_image_features(full_inputs.pixel_values).pooler_output))
 
 
-    # ---- 4. aliases ---------------------------------------------------------------------------------------------------
+    # ---- 4. aliases --------------------------------------------------------------------------------------------------
 
     def test_past_key_values_is_a_deprecated_alias_of_cache(self, tester, full_inputs):
         model = tester.model
@@ -328,7 +331,7 @@ class TestLlavaAudioModel:
         assert config.image_token_id == 9 and LlavaAudioConfig.from_dict(config.to_dict()).image_token_index == 9
 
 
-    # ---- 5. LLaVA's error wording on the image path --------------------------------------------------------------------
+    # ---- 5. LLaVA's error wording on the image path ------------------------------------------------------------------
 
     def test_image_mismatch_error_is_llavas(self, tester, full_inputs):
         model, processor, llava = tester.model, tester.processor, tester.llava
@@ -343,7 +346,7 @@ class TestLlavaAudioModel:
             assert str(ours.value).startswith("Image features and image tokens do not match")
 
 
-    # ---- 6. both weight formats ----------------------------------------------------------------------------------------
+    # ---- 6. both weight formats --------------------------------------------------------------------------------------
 
     def test_both_weight_formats_load_and_the_default_resumes_in_trainer(self, tester, full_inputs, tmp_path):
         from safetensors.torch import load_file
@@ -366,7 +369,7 @@ class TestLlavaAudioModel:
         assert not result.unexpected_keys and set(result.missing_keys) <= {"lm_head.weight"}
 
 
-    # ---- 7. static cache and torch.compile -----------------------------------------------------------------------------
+    # ---- 7. static cache and torch.compile ---------------------------------------------------------------------------
 
     @pytest.mark.slow  # torch.compile
     def test_static_cache_and_compiled_forward_equal_dynamic_greedy(self, tester, full_inputs):
@@ -383,7 +386,7 @@ class TestLlavaAudioModel:
         assert torch.equal(compiled, dynamic)
 
 
-    # ---- any LLaVA ----------------------------------------------------------------------------------------------------
+    # ---- any LLaVA ---------------------------------------------------------------------------------------------------
 
     @pytest.mark.parametrize(("vision", "strategy", "layer", "text"), [
         ("siglip", "full", -1, "qwen2"),  # the shape of llava-interleave-qwen / llava-onevision towers
@@ -392,8 +395,9 @@ class TestLlavaAudioModel:
     ])
     def test_any_llava_image_only_identity_and_audio(self, vision, strategy, layer, text):
         tokens = 16 + (1 if vision == "clip" and strategy == "full" else 0)
-        config = LlavaConfig(vision_config=_vision_config(vision), text_config=_text_config(text), image_token_index=IMAGE,
-                             vision_feature_select_strategy=strategy, vision_feature_layer=layer, image_seq_length=tokens)
+        config = LlavaConfig(vision_config=_vision_config(vision), text_config=_text_config(text),
+                             image_token_index=IMAGE, vision_feature_select_strategy=strategy,
+                             vision_feature_layer=layer, image_seq_length=tokens)
         torch.manual_seed(0)
         llava = LlavaForConditionalGeneration(config).eval()
         audio_config = ASTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
@@ -409,16 +413,18 @@ class TestLlavaAudioModel:
         assert torch.equal(model.generate(input_ids=ids, pixel_values=pixels, **GREEDY),
                            llava.generate(input_ids=ids, pixel_values=pixels, **GREEDY, suppress_tokens=never))
 
-        audio_ids = torch.tensor([[1, 5, *[IMAGE] * tokens, *[AUDIO] * model.config.audio_seq_length, *[PREFIX] * 4, 7]])
+        audio_ids = torch.tensor([[1, 5, *[IMAGE] * tokens, *[AUDIO] * model.config.audio_seq_length,
+                                   *[PREFIX] * 4, 7]])
         audio = torch.randn(1, 32, 16)
         with torch.no_grad():
             out = model(input_ids=audio_ids, pixel_values=pixels, input_features=audio)
             embeds = model.get_input_embeddings()(audio_ids)
-            assert torch.equal(model(inputs_embeds=embeds, pixel_values=pixels, input_features=audio).logits, out.logits)
+            assert torch.equal(model(inputs_embeds=embeds, pixel_values=pixels, input_features=audio).logits,
+                               out.logits)
         assert out.audio_hidden_states.shape == (1, model.config.audio_seq_length, 32)
 
 
-    # ---- chat templates the audio-LLM way ------------------------------------------------------------------------------
+    # ---- chat templates the audio-LLM way ----------------------------------------------------------------------------
 
     def test_apply_chat_template_loads_media_and_returns_model_inputs(self, tester, tmp_path):
         import soundfile
@@ -429,8 +435,8 @@ class TestLlavaAudioModel:
         clip, image = random_clip(5), random_image(5)
         soundfile.write(tmp_path / "clip.wav", clip, 16000, subtype="FLOAT")  # lossless: the same samples come back
         image.save(tmp_path / "image.png")
-        expected = processor(text=processor.caption_prompt(image=True, audio=True, prefix=True), images=image, audio=clip,
-                             sampling_rate=16000, return_tensors="pt")
+        expected = processor(text=processor.caption_prompt(image=True, audio=True, prefix=True), images=image,
+                             audio=clip, sampling_rate=16000, return_tensors="pt")
         processor.save_pretrained(tmp_path / "processor")
         assert (tmp_path / "processor" / "chat_template.jinja").read_text() == processor.chat_template
         reloaded = LlavaAudioProcessor.from_pretrained(tmp_path / "processor")
@@ -459,7 +465,8 @@ class TestLlavaAudioModel:
         direct = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
                                                return_tensors="pt")
         expected = model.generate(**direct, **GREEDY)[0].tolist()
-        without_audio = model.generate(**{k: v for k, v in direct.items() if k != "input_features"}, **GREEDY)[0].tolist()
+        without_audio = model.generate(**{k: v for k, v in direct.items() if k != "input_features"},
+                                       **GREEDY)[0].tolist()
         assert expected != without_audio, "the audio should change this caption (else this test is void)"
         chat = pipeline(task, model=model, processor=processor)
         generated = chat(text=messages, generate_kwargs=GREEDY, return_tensors=True)[0]["generated_token_ids"]
