@@ -13,7 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["CARDS_GIB", "CARD_HEADROOM_GIB", "STAGES", "Stage", "card_fit_table", "largest_batch", "memory_rows",
+# The measurements the estimate is made of are public too (`*_activation_bytes`, `*_activation_fit`): tests check each
+# fit against a direct measurement at the size it extrapolates to.
+__all__ = ["CARDS_GIB", "CARD_HEADROOM_GIB", "STAGES", "Stage", "audio_activation_fit", "audio_tower_activation_bytes",
+           "card_fit_table", "language_model_activation_bytes", "largest_batch", "linear_activation_fit", "memory_rows",
            "memory_table", "saved_activation_bytes", "stage_memory"]
 
 GiB = 2**30
@@ -71,7 +74,9 @@ def _zeros(build):
     return module
 
 
-def _language_model_bytes(text_config, seq_len: int, depth: int) -> int:
+def language_model_activation_bytes(text_config, seq_len: int, depth: int) -> int:
+    """Bytes saved for backward by one example of `seq_len` tokens through the frozen language model of `text_config`
+    cut to `depth` layers, under bf16 autocast with SDPA: gradients reach a trained input (prefix or projector)."""
     from transformers import AutoModelForCausalLM
 
     config = text_config.__class__(**{**text_config.to_dict(), "num_hidden_layers": depth})
@@ -84,11 +89,14 @@ def _language_model_bytes(text_config, seq_len: int, depth: int) -> int:
         return saved_activation_bytes(model, lambda: model(inputs_embeds=embeds, labels=labels).loss)
 
 
-def _audio_tower_bytes(audio_config, vision_width: int, depth: int) -> int:
+def audio_tower_activation_bytes(audio_config, vision_width: int, depth: int) -> int:
+    """Bytes saved for backward by one clip's alignment step (audio tower of `audio_config` cut to `depth` audio-only
+    blocks, `audio_to_vision`, the attentive scorers and the OT loss against 576 image tokens of `vision_width`)."""
     from dali_hf.modeling.modeling_llava_audio import build_audio_encoder
     from dali_hf.trainers.objectives import AttentiveMarginals, entropy, ot_loss
 
     config = audio_config.__class__(**{**audio_config.to_dict(), "num_hidden_layers": depth})
+    config._attn_implementation = "sdpa"  # as the language model's: the table's activations are SDPA's
     tower = _zeros(lambda: build_audio_encoder(config)).float()
     projection = torch.nn.Linear(config.hidden_size, vision_width)
     scorers = AttentiveMarginals(vision_width)
@@ -105,15 +113,15 @@ def _audio_tower_bytes(audio_config, vision_width: int, depth: int) -> int:
         return saved_activation_bytes(module, step)
 
 
-def _audio_fit(audio_config, vision_width: int) -> tuple[int, int]:
+def audio_activation_fit(audio_config, vision_width: int) -> tuple[int, int]:
     """(bytes per clip, bytes per layer) of the alignment step; the tower's length is fixed by its input, so only the
     depth is varied (1 and 2 audio-only blocks, the shared blocks kept)."""
-    one, two = (_audio_tower_bytes(audio_config, vision_width, depth) for depth in (1, 2))
+    one, two = (audio_tower_activation_bytes(audio_config, vision_width, depth) for depth in (1, 2))
     per_layer = two - one
     return one + (audio_config.num_hidden_layers - 1) * per_layer, per_layer
 
 
-def _linear_fit(measure, real_depth: int, real_seq: int, seqs=(16, 32)) -> tuple[int, int]:
+def linear_activation_fit(measure, real_depth: int, real_seq: int, seqs=(16, 32)) -> tuple[int, int]:
     """(bytes per example without checkpointing, bytes per layer) at the real depth and length, from 4 small
     measurements: linear in depth, and in sequence length for each part."""
     (a1, a2), (b1, b2) = [[measure(seq, depth) for depth in (1, 2)] for seq in seqs]
@@ -144,13 +152,13 @@ def stage_memory(model, stage: Stage, devices: int = 4) -> dict:
         prefix = config.num_prefix_tokens if "prefix" in stage.name else 0
         seq = modality + prefix + stage.text_tokens
         text = config.text_config
-        per_example, per_layer = _linear_fit(lambda s, d: _language_model_bytes(text, s, d),
-                                             text.num_hidden_layers, seq)
+        per_example, per_layer = linear_activation_fit(lambda s, d: language_model_activation_bytes(text, s, d),
+                                                       text.num_hidden_layers, seq)
         depth, width = text.num_hidden_layers, text.hidden_size
     else:
         audio = config.audio_config
         seq, width = config.audio_seq_length, audio.hidden_size
-        per_example, per_layer = _audio_fit(audio, config.vision_config.hidden_size)
+        per_example, per_layer = audio_activation_fit(audio, config.vision_config.hidden_size)
         depth = audio.num_hidden_layers + audio.num_shared_layers
     layer_inputs = depth * seq * width * 2  # bf16 hidden states kept at each checkpointed layer
     checkpointed = per_example - depth * per_layer + layer_inputs + per_layer

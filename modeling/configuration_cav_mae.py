@@ -55,6 +55,12 @@ class CavMaeAudioConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     qkv_bias: bool = True
 
+    @property
+    def num_layers(self) -> int:
+        """The blocks the encoder runs: the `num_hidden_layers` audio-only ones, then the `num_shared_layers` shared
+        ones."""
+        return self.num_hidden_layers + self.num_shared_layers
+
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.hidden_size % self.num_attention_heads:

@@ -5,17 +5,26 @@ frequency as height and time as width, is cut into patches by a strided convolut
 position embedding and a learned modality embedding are added; then come pre-norm ViT blocks (audio-only
 blocks, then the shared blocks with their audio LayerNorms) and the final audio LayerNorm.
 `dali_hf.convert_official` maps the authors' weight names.
+
+It is written as transformers writes its encoders (ViT, AST): attention goes through the attention interface
+(`config._attn_implementation`: "eager", "sdpa", "flash_attention_2", "flex_attention", or a registered kernel),
+and hidden states and attentions are recorded by transformers' output-capturing hooks (`_can_record_outputs`).
 """
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
-from transformers.utils.generic import can_return_tuple
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_cav_mae import CavMaeAudioConfig
 
@@ -66,27 +75,58 @@ class CavMaeAudioEmbeddings(nn.Module):
         return patches + self.position_embedding + self.modality_embedding
 
 
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Unpack[TransformersKwargs],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T * scaling + mask) v written out, the "eager" implementation: the only one that returns the
+    attention weights. Inputs [batch, heads, tokens, head_dim]; returns ([batch, tokens, heads, head_dim], weights)."""
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
 class CavMaeAudioAttention(nn.Module):
-    """Multi-head self-attention with a fused query/key/value projection. Always computed with
-    `torch.nn.functional.scaled_dot_product_attention` (the model declares SDPA support only)."""
+    """Multi-head self-attention with a fused query/key/value projection (the release's `qkv`), computed by the
+    implementation that `config._attn_implementation` names. Every token attends to every token."""
 
     def __init__(self, config: CavMaeAudioConfig):
         super().__init__()
+        self.config = config
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.scaling = self.head_dim**-0.5
+        self.is_causal = False
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, _ = hidden_states.shape
-        qkv = (
+        query, key, value = (
             self.qkv(hidden_states)
             .view(batch, length, 3, self.num_heads, self.head_dim)
             .permute(2, 0, 3, 1, 4)
+            .unbind(0)
         )
-        attended = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=self.scaling)
-        return self.proj(attended.transpose(1, 2).reshape(batch, length, -1))
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self, query, key, value, None, scaling=self.scaling, dropout=0.0, **kwargs  # no mask: all tokens
+        )
+        return self.proj(attn_output.reshape(batch, length, -1)), attn_weights
 
 
 class CavMaeAudioMLP(nn.Module):
@@ -110,8 +150,9 @@ class CavMaeAudioLayer(GradientCheckpointingLayer):
         self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = CavMaeAudioMLP(config)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = hidden_states + self.attention(self.layernorm_before(hidden_states))
+    def forward(self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
+        attended, _ = self.attention(self.layernorm_before(hidden_states), **kwargs)
+        hidden_states = hidden_states + attended
         return hidden_states + self.mlp(self.layernorm_after(hidden_states))
 
 
@@ -124,6 +165,15 @@ class CavMaeAudioPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["CavMaeAudioEmbeddings", "CavMaeAudioLayer"]
     _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    # the embeddings and every block's output (before the final LayerNorm), and every block's attention weights;
+    # negative `output_hidden_states` indices count the audio-only and the shared blocks
+    _can_record_outputs = {
+        "hidden_states": OutputRecorder(CavMaeAudioLayer, num_hidden_layers_key="num_layers"),
+        "attentions": OutputRecorder(CavMaeAudioAttention, index=1),
+    }
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -146,20 +196,20 @@ class CavMaeAudioModel(CavMaeAudioPreTrainedModel):
     def __init__(self, config: CavMaeAudioConfig):
         super().__init__(config)
         self.embeddings = CavMaeAudioEmbeddings(config)
-        num_layers = config.num_hidden_layers + config.num_shared_layers
-        self.layers = nn.ModuleList([CavMaeAudioLayer(config) for _ in range(num_layers)])
+        self.layers = nn.ModuleList([CavMaeAudioLayer(config) for _ in range(config.num_layers)])
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Conv2d:
         return self.embeddings.patch_embedding
 
-    @can_return_tuple
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
     def forward(
         self,
         input_features: torch.Tensor,
         input_features_mask: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutput:
         r"""
         Args:
@@ -169,7 +219,10 @@ class CavMaeAudioModel(CavMaeAudioPreTrainedModel):
                 Accepted for a uniform audio-encoder interface and ignored: like the reference, CAV-MAE
                 attends to all tokens, those of the padding included (it was trained that way).
             output_hidden_states (`bool`, *optional*):
-                Also return the embeddings and the output of every block.
+                Also return the embeddings and the output of every block (before the final LayerNorm).
+            output_attentions (`bool`, *optional*):
+                Also return every block's attention weights, [batch, heads, tokens, tokens] (only the "eager"
+                attention implementation computes them).
             return_dict (`bool`, *optional*):
                 Return a [`BaseModelOutput`] (default) rather than a tuple.
         """
@@ -180,15 +233,7 @@ class CavMaeAudioModel(CavMaeAudioPreTrainedModel):
                 f"(frames, mel bins), got {list(input_features.shape)}. Compute them with "
                 f"CavMaeFeatureExtractor(num_mel_bins={expected[1]}, target_length={expected[0]})."
             )
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-
         hidden_states = self.embeddings(input_features)
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
         for layer in self.layers:
-            hidden_states = layer(hidden_states)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-        return BaseModelOutput(
-            last_hidden_state=self.layernorm(hidden_states), hidden_states=all_hidden_states
-        )
+            hidden_states = layer(hidden_states, **kwargs)
+        return BaseModelOutput(last_hidden_state=self.layernorm(hidden_states))

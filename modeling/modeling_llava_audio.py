@@ -8,7 +8,6 @@ embeddings placed wherever the processor put the prefix placeholder.
 """
 
 import copy
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -111,23 +110,19 @@ class LlavaAudioTokensMixin:
         return self._to_vision_width(self._encode_audio(input_features, input_features_mask).last_hidden_state)
 
     def _encode_audio(self, input_features, input_features_mask=None, **kwargs) -> ModelOutput:
-        """The audio tower's output. `kwargs` (`output_hidden_states`, `output_attentions`) go only to a tower whose
-        forward takes them: not every encoder reports attentions."""
-        parameters = inspect.signature(self.audio_tower.forward).parameters
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-        kwargs = {k: v for k, v in kwargs.items() if v is not None and (takes_any or k in parameters)}
-        if input_features_mask is not None and self._audio_mask_argument is not None:
-            kwargs[self._audio_mask_argument] = input_features_mask
-        return self.audio_tower(input_features.to(self.audio_tower.dtype), return_dict=True, **kwargs)
+        """The audio tower's output. Every supported tower (AST, the Whisper encoder, CAV-MAE) has the signature of
+        transformers' audio encoders, `forward(features, mask, **kwargs)`: the frame mask goes second, positionally,
+        as each names it its own way (`attention_mask`, `input_features_mask`), and `kwargs` (`output_hidden_states`,
+        `output_attentions`) reach their output-capturing hooks. Unset values are left out, so that the tower's
+        config decides."""
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        return self.audio_tower(
+            input_features.to(self.audio_tower.dtype), input_features_mask, return_dict=True, **kwargs
+        )
 
     def _to_vision_width(self, audio_hidden_states: torch.Tensor) -> torch.Tensor:
         # parts may differ in dtype (a trained part kept in float32 inside a bf16 model)
         return self.audio_to_vision(audio_hidden_states.to(self.audio_to_vision.weight.dtype))
-
-    @property
-    def _audio_mask_argument(self) -> str | None:
-        parameters = inspect.signature(self.audio_tower.forward).parameters
-        return next((n for n in ("input_features_mask", "attention_mask") if n in parameters), None)
 
 
 class LlavaAudioModel(LlavaAudioTokensMixin, LlavaAudioPreTrainedModel):

@@ -1,5 +1,6 @@
 """The CAV-MAE audio encoder port: outputs against an independent timm reference (tiny and full size), MAE's
-sin-cos position table, gradient checkpointing and input errors."""
+sin-cos position table, gradient checkpointing, input errors, and the attention implementations of transformers'
+attention interface (eager, SDPA, flex) with the attentions and hidden states they record."""
 
 import numpy as np
 import pytest
@@ -78,3 +79,43 @@ def test_gradient_checkpointing_and_errors(cav_mae_reference):
         model(features.transpose(1, 2))
     with pytest.raises(ValueError, match="multiple of num_attention_heads"):
         CavMaeAudioConfig(hidden_size=30, num_attention_heads=4)
+
+
+def test_attention_implementations_agree_and_eager_returns_each_blocks_attention(cav_mae_reference):
+    """SDPA (the default) and eager give the same tokens (float32 rounding: within 1e-5); eager returns every block's
+    attention, equal to softmax(q k^T / sqrt(head_dim)) computed by hand from the block's input."""
+    config = CavMaeAudioConfig(**TINY_CAV_MAE)
+    model = ported(cav_mae_reference(config, seed=3), config)
+    features = torch.randn(2, config.target_length, config.num_mel_bins, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert model.config._attn_implementation == "sdpa"
+        sdpa = model(features, output_hidden_states=True)
+        model.set_attn_implementation("eager")
+        eager = model(features, output_hidden_states=True, output_attentions=True)
+        selected = model(features, output_hidden_states=[-1])  # counted over the audio-only and the shared blocks
+    torch.testing.assert_close(eager.last_hidden_state, sdpa.last_hidden_state, rtol=0, atol=1e-5)
+    assert len(eager.attentions) == config.num_layers == 3 and len(eager.hidden_states) == 1 + 3
+    batch, tokens, heads, head_dim = 2, 8, config.num_attention_heads, config.hidden_size // config.num_attention_heads
+    for layer, block_input, attention in zip(model.layers, eager.hidden_states, eager.attentions, strict=False):
+        with torch.no_grad():
+            qkv = layer.attention.qkv(layer.layernorm_before(block_input))
+        query, key, _ = qkv.view(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+        by_hand = (query @ key.transpose(-1, -2) / head_dim**0.5).softmax(-1)
+        assert attention.shape == (batch, heads, tokens, tokens)
+        torch.testing.assert_close(attention, by_hand)
+        torch.testing.assert_close(attention.sum(-1), torch.ones(batch, heads, tokens))
+    assert selected.hidden_states[:3] == (None, None, None)
+    assert torch.equal(selected.hidden_states[3], eager.hidden_states[3])
+
+
+@pytest.mark.slow  # flex attention compiles its kernel
+def test_flex_attention_gives_the_sdpa_tokens(cav_mae_reference):
+    config = CavMaeAudioConfig(**TINY_CAV_MAE)
+    model = ported(cav_mae_reference(config, seed=5), config)
+    features = torch.randn(2, config.target_length, config.num_mel_bins, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        sdpa = model(features).last_hidden_state
+        model.set_attn_implementation("flex_attention")
+        assert model.config._attn_implementation == "flex_attention"
+        flex = model(features).last_hidden_state
+    torch.testing.assert_close(flex, sdpa, rtol=0, atol=1e-5)

@@ -4,7 +4,12 @@ the published sizes and hand-computed ones, and the memory estimator against dir
 import torch
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from bench.memory import _audio_fit, _audio_tower_bytes, _language_model_bytes, _linear_fit
+from bench.memory import (
+    audio_activation_fit,
+    audio_tower_activation_bytes,
+    language_model_activation_bytes,
+    linear_activation_fit,
+)
 from dali_hf.testing import PUBLISHED_PARAMETERS, full_size_captioner, parameter_counts
 
 
@@ -47,9 +52,10 @@ def test_activation_fits_equal_direct_measurements():
 
     text = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=172, num_hidden_layers=5,
                        num_attention_heads=4)
-    per_example, _ = _linear_fit(lambda s, d: _language_model_bytes(text, s, d), real_depth=5, real_seq=70)
-    assert per_example == _language_model_bytes(text, 70, 5)
+    per_example, _ = linear_activation_fit(lambda s, d: language_model_activation_bytes(text, s, d), real_depth=5,
+                                           real_seq=70)
+    assert per_example == language_model_activation_bytes(text, 70, 5)
     audio = CavMaeAudioConfig(hidden_size=64, num_hidden_layers=4, num_shared_layers=1, num_attention_heads=4,
                               intermediate_size=128, num_mel_bins=32, target_length=128)
-    per_clip, _ = _audio_fit(audio, vision_width=96)
-    assert per_clip == _audio_tower_bytes(audio, 96, depth=4) > 0
+    per_clip, _ = audio_activation_fit(audio, vision_width=96)
+    assert per_clip == audio_tower_activation_bytes(audio, 96, depth=4) > 0

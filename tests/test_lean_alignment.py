@@ -228,7 +228,7 @@ def test_a_requested_dtype_saves_as_the_whole_model_does(folder, tmp_path):
 def test_memory_table_lean_row_drops_exactly_the_unloaded_parts(monkeypatch):
     from bench import memory
 
-    monkeypatch.setattr(memory, "_audio_fit", lambda *args: (1, 1))  # activations are not what is checked here
+    monkeypatch.setattr(memory, "audio_activation_fit", lambda *args: (1, 1))  # activations are not checked here
     model = full_size_captioner()
     whole, lean = (memory.stage_memory(model, stage) for stage in memory.STAGES[1:3])
     assert "whole" in whole["stage"] and lean["stage"].startswith("1b") and "no LM" in lean["stage"]
