@@ -15,6 +15,7 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaModel,
     LogitsProcessor,
     LogitsProcessorList,
     MistralConfig,
@@ -47,6 +48,24 @@ def full_inputs(parts):
 
 def media(inputs):
     return {k: inputs[k] for k in ("pixel_values", "input_features") if k in inputs}
+
+
+# ---- 0. LLaVA's forward, inherited ---------------------------------------------------------------------------------
+
+def test_the_forwards_that_run_are_llavas(parts, full_inputs, monkeypatch):
+    """The captioner's and its model's forwards hand over to LLaVA's own (inherited, not copied): wrapping LLaVA's
+    classes wraps what the captioner runs."""
+    model, _, _ = parts
+    calls = []
+    for cls in (LlavaForConditionalGeneration, LlavaModel):
+        def spy(self, *args, _forward=cls.forward, _name=cls.__name__, **kwargs):
+            calls.append(_name)
+            return _forward(self, *args, **kwargs)
+        monkeypatch.setattr(cls, "forward", spy)
+    with torch.no_grad():
+        model(**full_inputs)
+        model.model(**full_inputs)
+    assert calls == ["LlavaForConditionalGeneration", "LlavaModel", "LlavaModel"]
 
 
 # ---- 1. inputs_embeds ---------------------------------------------------------------------------------------------
