@@ -4,6 +4,9 @@ rules they share (`media.py`); `save_pretrained` copies these files for `trust_r
 Files here import only torch, transformers, numpy and each other (relative imports), so the Hub copy loads without
 dali_hf; the media decoders (torchaudio, torchcodec, soundfile, PIL) are imported inside the functions that decode.
 Nothing here imports the rest of dali_hf.
+
+The model classes subclass transformers' LLaVA classes (`LlavaModel`, `LlavaForConditionalGeneration`) and run
+their forward; what they add writes the audio features and the learned prefix into the prompt's embeddings.
 """
 
 from .configuration_cav_mae import CavMaeAudioConfig
