@@ -8,9 +8,11 @@ Files here import only torch, transformers, numpy and each other (relative impor
 dali_hf; the media decoders (torchaudio, torchcodec, soundfile, PIL) are imported inside the functions that decode.
 Nothing here imports the rest of dali_hf.
 
-The models are written as transformers writes its own: the CAV-MAE encoder attends through transformers' attention
-interface (`attn_implementation`: "eager", "sdpa", "flash_attention_2", "flex_attention", settable per sub-config of
-the captioner) and records hidden states and attentions with transformers' output-capturing hooks; the captioner calls
+The model classes subclass transformers' LLaVA classes (`LlavaModel`, `LlavaForConditionalGeneration`) and run
+their forward; what they add writes the audio features and the learned prefix into the prompt's embeddings. They are
+written as transformers writes its own: the CAV-MAE encoder attends through transformers' attention interface
+(`attn_implementation`: "eager", "sdpa", "flash_attention_2", "flex_attention", settable per sub-config of the
+captioner) and records hidden states and attentions with transformers' output-capturing hooks; the captioner calls
 any audio tower as transformers' audio encoders are called, `(features, mask, **kwargs)`.
 
 The names below are imported on first use (as transformers' model folders do), so that `dali_hf.modeling.vocabulary`

@@ -1,10 +1,11 @@
 """LlavaAudio: LLaVA-1.5 with an audio encoder whose tokens live in the CLIP token space (DALI).
 
-The image path (vision tower, `multi_modal_projector`, language model, `lm_head`) is LLaVA's, unchanged: image-only
-inputs give exactly what `LlavaForConditionalGeneration` gives. The audio path is
-`audio_tower -> audio_to_vision` (the space that DALI aligns to the CLIP tokens) `-> audio_multi_modal_projector`
-(a separate copy of the image projector, fine-tuned in stage 2), and `prefix_embeddings` are learned input
-embeddings placed wherever the processor put the prefix placeholder.
+The classes subclass LLaVA's (`LlavaModel`, `LlavaForConditionalGeneration`) and run their forward: the image path
+(vision tower, `multi_modal_projector`, language model, `lm_head`) is LLaVA's, unchanged, and image-only inputs give
+exactly what `LlavaForConditionalGeneration` gives. What is added is written into the prompt's embeddings before
+LLaVA's forward takes them: the audio path `audio_tower -> audio_to_vision` (the space that DALI aligns to the CLIP
+tokens) `-> audio_multi_modal_projector` (a separate copy of the image projector, fine-tuned in stage 2), and
+`prefix_embeddings`, learned input embeddings placed wherever the processor put the prefix placeholder.
 """
 
 import copy
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import (
@@ -20,8 +21,12 @@ from transformers.modeling_outputs import (
     MultimodalBaseModelOutputWithPast,
     MultimodalCausalLMOutputWithPast,
 )
-from transformers.modeling_utils import slice_logits_to_keep
-from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+from transformers.models.llava.modeling_llava import (
+    LlavaForConditionalGeneration,
+    LlavaModel,
+    LlavaMultiModalProjector,
+    LlavaPreTrainedModel,
+)
 from transformers.processing_utils import Unpack
 from transformers.utils import (
     ModelOutput,
@@ -63,19 +68,14 @@ class LlavaAudioCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
     audio_hidden_states: torch.FloatTensor | None = None
 
 
-class LlavaAudioPreTrainedModel(PreTrainedModel):
+class LlavaAudioPreTrainedModel(LlavaPreTrainedModel):
+    """LLaVA's flags (attention backends, gradient checkpointing, `_can_compile_fullgraph`: decoding steps, one token
+    and no media, run without data-dependent Python branches, so a static cache and a fullgraph `torch.compile` work
+    as for LLaVA), with this config, the audio modality and the prefix's initialisation."""
+
     config: LlavaAudioConfig
     config_class = LlavaAudioConfig
-    base_model_prefix = "model"
     input_modalities = ("image", "audio", "text")
-    supports_gradient_checkpointing = True
-    _supports_flash_attn = True
-    _supports_sdpa = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
-    # Decoding steps (one token, no media) run without data-dependent Python branches: a static cache and a
-    # fullgraph `torch.compile` of the forward work as for LLaVA.
-    _can_compile_fullgraph = True
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -125,11 +125,14 @@ class LlavaAudioTokensMixin:
         return self.audio_to_vision(audio_hidden_states.to(self.audio_to_vision.weight.dtype))
 
 
-class LlavaAudioModel(LlavaAudioTokensMixin, LlavaAudioPreTrainedModel):
-    """LLaVA's three parts plus `audio_tower`, `audio_to_vision`, `audio_multi_modal_projector`, `prefix_embeddings`."""
+class LlavaAudioModel(LlavaAudioTokensMixin, LlavaAudioPreTrainedModel, LlavaModel):
+    """`LlavaModel` (its three parts and its forward) plus `audio_tower`, `audio_to_vision`,
+    `audio_multi_modal_projector` and `prefix_embeddings`."""
 
     def __init__(self, config: LlavaAudioConfig):
-        super().__init__(config)
+        # Not LlavaModel.__init__: its post_init would initialise LLaVA's parts before the audio parts and the prefix
+        # exist. LLaVA's parts are built as it builds them, then all are initialised together.
+        super(LlavaModel, self).__init__(config)
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.multi_modal_projector = LlavaMultiModalProjector(config)
         self.language_model = AutoModel.from_config(config.text_config)
@@ -141,12 +144,6 @@ class LlavaAudioModel(LlavaAudioTokensMixin, LlavaAudioPreTrainedModel):
         self.prefix_embeddings = nn.Parameter(torch.empty(config.num_prefix_tokens, config.text_config.hidden_size))
         self.post_init()
         self.reset_audio_projector()
-
-    def get_input_embeddings(self):
-        return self.language_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value):
-        self.language_model.set_input_embeddings(value)
 
     @torch.no_grad()
     def reset_audio_projector(self):
@@ -163,11 +160,15 @@ class LlavaAudioModel(LlavaAudioTokensMixin, LlavaAudioPreTrainedModel):
         pixel_values: torch.Tensor,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
+        image_sizes: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         """LLaVA's image features, as `LlavaModel.get_image_features` returns them: the vision tower's output whose
         `pooler_output` is one [image tokens, text hidden size] tensor per image (the image tokens through
-        `multi_modal_projector`, or `audio_multi_modal_projector` with `config.shared_projector`), with the tower's hidden states and attentions when asked for."""
+        `multi_modal_projector`, or `audio_multi_modal_projector` with `config.shared_projector`), with the tower's
+        hidden states and attentions when asked for."""
+        if image_sizes is not None:  # as LLaVA: passed only when given, not every vision tower takes it
+            kwargs["image_sizes"] = image_sizes
         image_outputs = self.vision_tower(pixel_values, return_dict=True, **kwargs)
         image_tokens = _select_image_tokens(image_outputs, vision_feature_layer, vision_feature_select_strategy)
         projector = self.audio_multi_modal_projector if self.config.shared_projector else self.multi_modal_projector
@@ -191,47 +192,42 @@ class LlavaAudioModel(LlavaAudioTokensMixin, LlavaAudioPreTrainedModel):
             attentions=audio_outputs.get("attentions"),
         )
 
-    def get_placeholder_mask(
-        self,
-        input_ids: torch.LongTensor | None,
-        inputs_embeds: torch.Tensor,
-        token_id: int,
-        features: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Where `token_id` sits, as a mask shaped like `inputs_embeds`: read from `input_ids`, or without them found
-        as the rows of `inputs_embeds` equal to that token's embedding (as LLaVA finds its image placeholders). With
-        `features`, their count must match the placeholders'."""
-        if input_ids is None:
-            token_embedding = self.get_input_embeddings()(
-                torch.full((), token_id, dtype=torch.long, device=inputs_embeds.device)
-            )
-            mask = (inputs_embeds == token_embedding).all(-1)
-        else:
-            mask = input_ids == token_id
-        if features is not None:
-            self._check_placeholder_count(mask, inputs_embeds, token_id, features, in_ids=input_ids is not None)
-        return mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
+    def _audio_outputs(self, input_features, input_features_mask, encoded_audio, **kwargs):
+        """The audio encoder's output that a forward places: `get_audio_features(input_features)`, or the one given
+        already encoded (`mm_encoder_outputs["audio"]`); None without audio."""
+        if input_features is None:
+            return encoded_audio
+        if encoded_audio is not None:
+            raise ValueError("Pass either input_features or mm_encoder_outputs['audio'], not both.")
+        return self.get_audio_features(
+            input_features, input_features_mask, return_dict=True,
+            **{k: kwargs.get(k) for k in ("output_hidden_states", "output_attentions")},
+        )
 
-    def _check_placeholder_count(self, mask, inputs_embeds, token_id, features, in_ids: bool) -> None:
+    def _placeholder_positions(self, input_ids, prompt_embeds, token_id) -> torch.Tensor:
+        """[batch, sequence] mask of where `token_id` sits: read from `input_ids`, or without them found as the rows
+        of `prompt_embeds` equal to that token's embedding (as `LlavaModel.get_placeholder_mask` finds `<image>`)."""
+        if input_ids is not None:
+            return (input_ids == token_id).to(prompt_embeds.device)
+        token_embedding = self.get_input_embeddings()(
+            torch.full((), token_id, dtype=torch.long, device=prompt_embeds.device)
+        )
+        return (prompt_embeds == token_embedding).all(-1)
+
+    def _place_audio(self, input_ids, prompt_embeds, audio_features):
+        """`audio_features` written over the `<audio>` placeholders, found in `input_ids` or `prompt_embeds`."""
+        token_id = self.config.audio_token_id
+        mask = self._placeholder_positions(input_ids, prompt_embeds, token_id)
         n_tokens = mask.sum()
-        if token_id == self.config.image_token_id:  # LLaVA's words (and counts): tools and tests match on them
-            n_features = features.shape[0] * features.shape[1]
-            message = f"Image features and image tokens do not match, tokens: {n_tokens}, features: {n_features}"
-        else:
-            name = "audio" if token_id == self.config.audio_token_id else "prefix"
-            message = (
-                f"{name} features and {name} placeholder tokens do not match: {n_tokens} tokens (id {token_id}) in "
-                f"{'input_ids' if in_ids else 'inputs_embeds'} but {features.numel() // features.shape[-1]} feature "
-                f"vectors. Build the inputs with LlavaAudioProcessor, which expands each <{name}> placeholder to the "
-                "right count."
-            )
-        torch_compilable_check(n_tokens * inputs_embeds.shape[-1] == features.numel(), message)
-
-    def _place(self, input_ids, prompt_embeds, inputs_embeds, token_id, features):
-        """`features` written over the `token_id` placeholders, found in `input_ids` or `prompt_embeds`."""
-        features = features.to(inputs_embeds.device, inputs_embeds.dtype)
-        mask = self.get_placeholder_mask(input_ids, prompt_embeds, token_id, features)
-        return inputs_embeds.masked_scatter(mask, features)
+        torch_compilable_check(
+            n_tokens * prompt_embeds.shape[-1] == audio_features.numel(),
+            f"audio features and audio placeholder tokens do not match: {n_tokens} tokens (id {token_id}) in "
+            f"{'inputs_embeds' if input_ids is None else 'input_ids'} but "
+            f"{audio_features.numel() // audio_features.shape[-1]} feature vectors. Build the inputs with "
+            "LlavaAudioProcessor, which expands each <audio> placeholder to the right count.",
+        )
+        features = audio_features.to(prompt_embeds.device, prompt_embeds.dtype)
+        return prompt_embeds.masked_scatter(mask.unsqueeze(-1), features)
 
     def _place_prefix(self, input_ids, prompt_embeds, inputs_embeds):
         """The learned prefix written over every run of exactly `num_prefix_tokens` `<prefix>` placeholders (the
@@ -242,7 +238,7 @@ class LlavaAudioModel(LlavaAudioTokensMixin, LlavaAudioPreTrainedModel):
         size = self.config.num_prefix_tokens
         if inputs_embeds.shape[1] == 1 and size > 1:  # a decoding step with a cache: no run can be placed or warned
             return inputs_embeds                     # about (a shape, not data: no branch on values)
-        mask = self.get_placeholder_mask(input_ids, prompt_embeds, self.config.prefix_token_id)[..., 0]
+        mask = self._placeholder_positions(input_ids, prompt_embeds, self.config.prefix_token_id)
         position = _position_in_run(mask)
         run_length = position + _position_in_run(mask.flip(-1)).flip(-1) - 1
         if not is_torchdynamo_compiling() and (mask & (run_length > 1) & (run_length != size)).any():
@@ -271,83 +267,54 @@ class LlavaAudioModel(LlavaAudioTokensMixin, LlavaAudioPreTrainedModel):
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> LlavaAudioModelOutputWithPast:
+        """`LlavaModel.forward` given the prompt's embeddings with the audio features and the learned prefix already
+        written over their placeholders: LLaVA then places the image features (finding `<image>` in those
+        embeddings, as for any `inputs_embeds`) and runs the language model."""
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
-        mm_encoder_outputs = dict(mm_encoder_outputs or {})
-        if pixel_values is not None and mm_encoder_outputs.get("image") is not None:
-            raise ValueError("You cannot specify both pixel_values and mm_encoder_outputs at the same time")
-        if input_features is not None and mm_encoder_outputs.get("audio") is not None:
-            raise ValueError("Pass either input_features or mm_encoder_outputs['audio'], not both.")
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-        prompt_embeds = inputs_embeds  # placeholders are looked up here, before any feature overwrites them
-
-        if mm_encoder_outputs.get("image") is None and pixel_values is not None:
-            mm_encoder_outputs["image"] = self.get_image_features(
-                pixel_values,
-                vision_feature_layer=vision_feature_layer,
-                vision_feature_select_strategy=vision_feature_select_strategy,
-                return_dict=True,
-                **kwargs,
-            )
-        if mm_encoder_outputs.get("image") is not None:
-            image_features = torch.cat(mm_encoder_outputs["image"].pooler_output, dim=0)
-            inputs_embeds = self._place(input_ids, prompt_embeds, inputs_embeds, self.config.image_token_id,
-                                        image_features)
-
-        if mm_encoder_outputs.get("audio") is None and input_features is not None:
-            mm_encoder_outputs["audio"] = self.get_audio_features(
-                input_features, input_features_mask, return_dict=True,
-                **{k: kwargs.get(k) for k in ("output_hidden_states", "output_attentions")},
-            )
-        audio_features = None
-        if mm_encoder_outputs.get("audio") is not None:
-            audio_features = mm_encoder_outputs["audio"].pooler_output
-            inputs_embeds = self._place(input_ids, prompt_embeds, inputs_embeds, self.config.audio_token_id,
-                                        audio_features)
-
+        encoded = {modality: output for modality, output in (mm_encoder_outputs or {}).items() if output is not None}
+        audio_outputs = self._audio_outputs(input_features, input_features_mask, encoded.pop("audio", None), **kwargs)
+        # placeholders are looked up in the prompt, before any feature overwrites them
+        prompt_embeds = self.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds
+        inputs_embeds = prompt_embeds
+        if audio_outputs is not None:
+            inputs_embeds = self._place_audio(input_ids, prompt_embeds, audio_outputs.pooler_output)
         inputs_embeds = self._place_prefix(input_ids, prompt_embeds, inputs_embeds)
 
-        outputs = self.language_model(
+        outputs = super().forward(
+            pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
             inputs_embeds=inputs_embeds,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            mm_encoder_outputs=encoded or None,
+            return_dict=True,
             **kwargs,
         )
         return LlavaAudioModelOutputWithPast(
             **outputs,
-            image_outputs=mm_encoder_outputs.get("image"),
-            audio_outputs=mm_encoder_outputs.get("audio"),
-            audio_hidden_states=audio_features,
+            audio_outputs=audio_outputs,
+            audio_hidden_states=None if audio_outputs is None else audio_outputs.pooler_output,
         )
 
 
-class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMixin):
-    """The DALI captioner: [`LlavaAudioModel`] with LLaVA's language-modelling head.
+class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, LlavaForConditionalGeneration):
+    """The DALI captioner: `LlavaForConditionalGeneration` (its head, tied weights, parallel plan, forward) on a
+    [`LlavaAudioModel`].
 
     Inputs may be image only (then it is exactly LLaVA), audio only, or image and audio; a `<prefix>` placeholder in
     the prompt adds the learned prefix.
     """
 
-    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
-    _tp_plan = {"lm_head": "colwise_gather_output"}
-
     def __init__(self, config: LlavaAudioConfig):
-        super().__init__(config)
+        # Not LlavaForConditionalGeneration.__init__, which would build a LlavaModel: the same parts, on LlavaAudioModel
+        super(LlavaForConditionalGeneration, self).__init__(config)
         self.model = LlavaAudioModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
         _suppress_placeholders(self.generation_config, config)
-
-    def get_input_embeddings(self):
-        return self.model.get_input_embeddings()
-
-    def set_input_embeddings(self, value):
-        self.model.set_input_embeddings(value)
-
-    def get_output_embeddings(self) -> nn.Module:
-        return self.lm_head
 
     def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
         """`PreTrainedModel.save_pretrained`, writing the weights under the names this model uses by default.
@@ -372,10 +339,6 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
     ) -> torch.Tensor:
         """See [`LlavaAudioModel.get_audio_tokens`]."""
         return self.model.get_audio_tokens(input_features, input_features_mask)
-
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
-        """See [`LlavaAudioModel.get_image_features`]."""
-        return self.model.get_image_features(pixel_values, **kwargs)
 
     def get_audio_features(
         self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None, **kwargs
@@ -402,39 +365,34 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> LlavaAudioCausalLMOutputWithPast:
-        r"""Captioning forward pass: LLaVA's, with audio features and the learned prefix scattered into the
-        sequence at their placeholder tokens. The token sets that DALI aligns come from `get_audio_tokens` and
-        `get_image_tokens`."""
-        outputs = self.model(
+        r"""Captioning forward pass: `LlavaForConditionalGeneration.forward`, whose model ([`LlavaAudioModel`])
+        scatters the audio features and the learned prefix into the sequence at their placeholder tokens. The token
+        sets that DALI aligns come from `get_audio_tokens` and `get_image_tokens`."""
+        mm_encoder_outputs = dict(mm_encoder_outputs or {})
+        # encoded here rather than in the model, so that the output carries the audio encoder's output
+        mm_encoder_outputs["audio"] = self.model._audio_outputs(
+            input_features, input_features_mask, mm_encoder_outputs.get("audio"), **kwargs
+        )
+        outputs = super().forward(
             input_ids=input_ids,
             pixel_values=pixel_values,
-            input_features=input_features,
-            input_features_mask=input_features_mask,
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
             inputs_embeds=inputs_embeds,
             vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy,
+            labels=labels,
+            logits_to_keep=logits_to_keep,
             mm_encoder_outputs=mm_encoder_outputs,
+            return_dict=True,
             **kwargs,
         )
-        hidden_states = slice_logits_to_keep(outputs[0], logits_to_keep)
-        logits = self.lm_head(hidden_states)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(
-                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
-            )
+        audio_outputs = mm_encoder_outputs["audio"]
         return LlavaAudioCausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            cache=outputs.cache,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_outputs=outputs.image_outputs,
-            audio_outputs=outputs.audio_outputs,
-            audio_hidden_states=outputs.audio_hidden_states,
+            **outputs,
+            audio_outputs=audio_outputs,
+            audio_hidden_states=None if audio_outputs is None else audio_outputs.pooler_output,
         )
 
     @classmethod
@@ -460,8 +418,6 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
                 `<audio>` and `<prefix>` token ids the model uses; or give `audio_token_id` and `prefix_token_id`.
             **kwargs: passed to `from_pretrained` for paths (`dtype`, `device_map`, `revision`...).
         """
-        from transformers import LlavaForConditionalGeneration
-
         if processor is not None:
             audio_token_id, prefix_token_id = processor.audio_token_id, processor.prefix_token_id
         if audio_token_id is None or prefix_token_id is None:
@@ -474,8 +430,7 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
         if isinstance(audio_encoder, str):
             audio_encoder = AutoModel.from_pretrained(audio_encoder, **kwargs)
 
-        encoder = audio_encoder if isinstance(audio_encoder, PreTrainedModel) else None
-        audio_config = audio_encoder.config if encoder is not None else audio_encoder
+        audio_config = audio_encoder.config if isinstance(audio_encoder, PreTrainedModel) else audio_encoder
         config = LlavaAudioConfig(
             vision_config=llava.config.vision_config,
             text_config=llava.config.text_config,
@@ -498,14 +453,12 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, GenerationMi
         model.generation_config = _suppress_placeholders(copy.deepcopy(llava.generation_config), config)
 
         device, dtype = llava.lm_head.weight.device, llava.lm_head.weight.dtype
-        if encoder is None:
+        if isinstance(audio_encoder, PreTrainedModel):
+            tower = _audio_tower_of(audio_encoder)
+        else:
             with torch.device(device):
-                encoder = build_audio_encoder(audio_config)
-        elif encoder.base_model is not encoder:  # e.g. an AST classifier: keep its encoder
-            encoder = encoder.base_model
-        if getattr(audio_config, "is_encoder_decoder", False) and hasattr(encoder, "get_encoder"):
-            encoder = encoder.get_encoder()
-        parts.audio_tower = encoder.to(device=device, dtype=dtype)
+                tower = build_audio_encoder(audio_config)
+        parts.audio_tower = tower.to(device=device, dtype=dtype)
         parts.audio_to_vision = nn.Linear(
             audio_config.hidden_size, parts.audio_to_vision.out_features, device=device, dtype=dtype
         )
@@ -538,15 +491,20 @@ def _suppress_placeholders(generation_config, config: LlavaAudioConfig):
 
 
 def build_audio_encoder(audio_config):
-    """The audio tower for `audio_config`: `AutoModel.from_config`, keeping only the encoder of an encoder-decoder.
-    CAV-MAE, this project's own encoder, is built directly, so that remote code needs no Auto registration
-    (matched by model type: remote code may load the config class from another copy of its file)."""
+    """The audio tower for `audio_config`, with random weights: of `AutoModel.from_config(audio_config)`, what
+    `from_llava` keeps of a given encoder (`_audio_tower_of`). CAV-MAE, this project's own encoder, is built directly,
+    so that remote code needs no Auto registration (matched by model type: remote code may load the config class
+    from another copy of its file)."""
     if audio_config.model_type == CavMaeAudioModel.config_class.model_type:
         return CavMaeAudioModel._from_config(audio_config)
-    tower = AutoModel.from_config(audio_config)
-    if getattr(audio_config, "is_encoder_decoder", False):
-        tower = tower.get_encoder()
-    return tower
+    return _audio_tower_of(AutoModel.from_config(audio_config))
+
+
+def _audio_tower_of(audio_model: PreTrainedModel) -> nn.Module:
+    """The part of an audio model that the captioner keeps as its `audio_tower`: the base model of a model with a
+    head (an AST classifier's AST), and of an encoder-decoder (Whisper) only the encoder."""
+    base = audio_model.base_model
+    return base.get_encoder() if getattr(audio_model.config, "is_encoder_decoder", False) else base
 
 
 # LLaVA settings that the captioner keeps as they are

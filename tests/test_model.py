@@ -2,8 +2,10 @@
 
 import pytest
 import torch
+from transformers import ASTForAudioClassification, WhisperForConditionalGeneration
 
-from dali_hf.testing import random_clip, random_image
+from dali_hf import LlavaAudioForConditionalGeneration
+from dali_hf.testing import random_clip, random_image, tiny_audio_encoder
 
 GREEDY = dict(max_new_tokens=6, do_sample=False, min_new_tokens=6)
 
@@ -45,6 +47,25 @@ def test_from_llava_keeps_every_llava_weight(llava_parts, ast_captioner):
     assert max(processor.audio_token_id, processor.prefix_token_id) < llava.config.text_config.vocab_size
     assert model.model.prefix_embeddings.shape == (16, llava.config.text_config.hidden_size)
     assert model.model.prefix_embeddings.std().item() < 1e-3
+
+
+@pytest.mark.parametrize("kind", ["ast", "whisper"])
+def test_from_llava_keeps_the_encoder_of_a_given_audio_model(llava_parts, ast_captioner, kind):
+    """An audio model with a head (AST classifier) or an encoder-decoder (Whisper) gives the tower that its config
+    gives (same class, same weight names), with the given model's own encoder module and weights."""
+    llava, _ = llava_parts
+    _, processor = ast_captioner
+    config, _ = tiny_audio_encoder(kind)
+    torch.manual_seed(0)
+    given = ASTForAudioClassification(config) if kind == "ast" else WhisperForConditionalGeneration(config)
+    encoder = given.audio_spectrogram_transformer if kind == "ast" else given.model.encoder
+    weights = {name: tensor.clone() for name, tensor in encoder.state_dict().items()}
+    ids = dict(audio_token_id=processor.audio_token_id, prefix_token_id=processor.prefix_token_id)
+    from_model = LlavaAudioForConditionalGeneration.from_llava(llava, given, **ids).model.audio_tower
+    from_config = LlavaAudioForConditionalGeneration.from_llava(llava, config, **ids).model.audio_tower
+    assert from_model is encoder
+    assert type(from_config) is type(from_model) and list(from_config.state_dict()) == list(weights)
+    assert all(torch.equal(from_model.state_dict()[name], tensor) for name, tensor in weights.items())
 
 
 def test_token_spaces(llava_parts, captioner):

@@ -23,6 +23,7 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaModel,
     LogitsProcessor,
     LogitsProcessorList,
     MistralConfig,
@@ -204,6 +205,23 @@ class TestLlavaAudioModel:
             assert len(args) == 2 and torch.equal(args[0], inputs["input_features"])
             assert args[1] is inputs.get("input_features_mask")
         assert seen[0][1].get("output_attentions") is True and seen[1][1] == {"return_dict": True}
+
+    # ---- LLaVA's forward, inherited ---------------------------------------------------------------------------------
+
+    def test_the_forwards_that_run_are_llavas(self, tester, full_inputs, monkeypatch):
+        """The captioner's and its model's forwards hand over to LLaVA's own (inherited, not copied): wrapping LLaVA's
+        classes wraps what the captioner runs."""
+        model = tester.model
+        calls = []
+        for cls in (LlavaForConditionalGeneration, LlavaModel):
+            def spy(self, *args, _forward=cls.forward, _name=cls.__name__, **kwargs):
+                calls.append(_name)
+                return _forward(self, *args, **kwargs)
+            monkeypatch.setattr(cls, "forward", spy)
+        with torch.no_grad():
+            model(**full_inputs)
+            model.model(**full_inputs)
+        assert calls == ["LlavaForConditionalGeneration", "LlavaModel", "LlavaModel"]
 
     # ---- 1. inputs_embeds --------------------------------------------------------------------------------------------
 

@@ -1,12 +1,14 @@
-"""No class of the package overrides a private method (one leading underscore) of `PreTrainedModel` or `Trainer`:
-those hooks change without notice between transformers releases. `_init_weights` is transformers' documented hook."""
+"""No class of the package overrides a private method (one leading underscore) of `PreTrainedModel` or `Trainer`, or of
+any library class between them and the package's class (LLaVA's model classes, which the captioner subclasses,
+`GenerationMixin`, `nn.Module`): those hooks change without notice between releases. `_init_weights` is
+transformers' documented hook."""
 
 import importlib
 import inspect
 import pkgutil
 
 import pytest
-from transformers import PreTrainedModel, Trainer
+from transformers import LlavaModel, PreTrainedModel, Trainer
 
 ALLOWED = {"_init_weights"}
 BASES = (PreTrainedModel, Trainer)
@@ -55,7 +57,7 @@ def private_overrides(cls) -> list[str]:
 def test_walk_finds_the_package_models_and_trainers():
     classes = project_classes(package_modules())
     names = {name.rsplit(".", 1)[1] for name, cls in classes.items() if issubclass(cls, BASES)}
-    assert {"LlavaAudioForConditionalGeneration", "LlavaAudioAlignmentModel", "CavMaeAudioModel",
+    assert {"LlavaAudioForConditionalGeneration", "LlavaAudioModel", "LlavaAudioAlignmentModel", "CavMaeAudioModel",
             "DistributionAlignmentTrainer", "PrefixTuningTrainer", "AudioVisualDistillationTrainer"} <= names
 
 
@@ -73,3 +75,12 @@ def test_a_planted_override_is_named(base, method):
     allowed = type("Allowed", (PreTrainedModel,), {"_init_weights": lambda self, module: None,
                                                   "_own_helper": lambda self: None, "__module__": "dali_hf.planted"})
     assert private_overrides(allowed) == []
+
+
+def test_a_private_helper_of_a_library_model_class_is_named():
+    """A private helper defined by a library model class (as LLaVA's, between `PreTrainedModel` and the captioner)
+    is caught too when a package class defines it again."""
+    library = type("LibraryModel", (LlavaModel,), {"_merge_features": lambda self: None,
+                                                   "__module__": "transformers.planted"})
+    planted = type("Planted", (library,), {"_merge_features": lambda self: None, "__module__": "dali_hf.planted"})
+    assert private_overrides(planted) == ["dali_hf.planted.Planted._merge_features"]
