@@ -11,7 +11,6 @@ transformers and the model classes are imported (and registered with the Auto cl
 import argparse
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -105,11 +104,12 @@ def silence_threshold(text: str):
 
 def repo_id(text: str) -> str:
     """--repo-id: "name" or "org/name" as the Hub accepts them."""
-    if not re.fullmatch(r"(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}", text) or ".." in text \
-            or "--" in text or text.endswith((".git", ".")):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a Hub repo id: use org/name (letters, digits, '-', '_', "
-                                         "'.'; no '--' or '..')")
-    return text
+    from .hub import UploadError, check_repo_id
+
+    try:
+        return check_repo_id(text)
+    except UploadError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def eval_result(text: str) -> tuple[str, str]:

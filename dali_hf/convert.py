@@ -16,7 +16,6 @@ audio queries (`a_q`) against the image keys and values (`i_k`, `i_v`) and gives
 import argparse
 import copy
 import json
-import logging
 import os
 import re
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ from typing import NamedTuple
 
 import torch
 from safetensors.torch import save_file
+from transformers.utils import logging
 
 from .modeling import (
     CavMaeAudioConfig,
@@ -48,7 +48,7 @@ __all__ = [
     "split_official_state_dict",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.get_logger(__name__)
 
 
 # The original LLaVA repo's names in the stage files, and where they go in LlavaAudio

@@ -1,6 +1,5 @@
 """Datasets in the column convention (`id`, `audio`, `image`, `caption`), built from files."""
 
-import logging
 import os
 import uuid
 from pathlib import Path
@@ -8,12 +7,13 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
+from transformers.utils import logging
 
 from .modeling.media import VIDEO_EXTENSIONS, AudioInputError, frame_at, load_image, prepare_audio
 
 __all__ = ["PAIR_FEATURES", "cache_image_tokens", "pairs_from_videos"]
 
-logger = logging.getLogger(__name__)
+logger = logging.get_logger(__name__)
 
 PAIR_FEATURES = datasets.Features({
     "id": datasets.Value("string"),

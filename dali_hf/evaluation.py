@@ -7,12 +7,12 @@ counted and reported, never dropped silently.
 
 import csv
 import json
-import logging
 import os
 from collections import OrderedDict
 from pathlib import Path
 
 import datasets
+from transformers.utils import logging
 
 from .errors import InputError
 from .modeling.media import MEDIA_EXTENSIONS
@@ -25,7 +25,7 @@ __all__ = ["CAPTIONS_FILE", "LONG_CLIP_POLICIES", "read_audiocaps", "read_clotho
 # every window captioned, the captions joined with spaces into one.
 LONG_CLIP_POLICIES = ("first_window", "joined_chunks")
 
-logger = logging.getLogger(__name__)
+logger = logging.get_logger(__name__)
 
 
 def read_audiocaps(csv_path: str, audio_dir: str, filename: str | None = None) -> tuple[datasets.Dataset, list[dict]]:

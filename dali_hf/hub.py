@@ -2,30 +2,47 @@
 
 `push(folder, repo_id)` uploads exactly the files a user needs (`upload_files(folder)`), never touching the folder;
 a model card (`dali_hf.model_cards`) is rendered in memory when the folder has none or when evaluation results are
-given.
+given. `check_repo_id` is huggingface_hub's check of a repo id, with an error that says what to type instead.
 """
 
-from fnmatch import fnmatch
 from pathlib import Path
 
 from .model_cards import eval_result_files, render_model_card, write_model_card
 
-__all__ = ["UploadError", "push", "upload_files", "write_model_card"]
+__all__ = ["UploadError", "check_repo_id", "push", "upload_files", "write_model_card"]
 
-# What a LlavaAudio folder holds that users need; anything else (checkpoints, optimiser state, pickled training
-# arguments, logs, stage markers, pseudo-caption files) stays local.
+# What a LlavaAudio folder holds that users need, as huggingface_hub's `allow_patterns`; anything else (checkpoints,
+# optimiser state, pickled training arguments, logs, stage markers, pseudo-caption files) stays local.
 UPLOAD_PATTERNS = (
     "*.safetensors", "model.safetensors.index.json", "config.json", "generation_config.json",
     "processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
     "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json", "*.py", "README.md",
     "token_distributions.png", ".eval_results/*.yaml",
 )
+# The patterns' `*` also matches "/", so "*.py" alone would take checkpoint-2/x.py: the same names in any subfolder
+# are ignored, and so is anything below .eval_results/.
+IGNORE_PATTERNS = tuple(f"*/{pattern}" for pattern in UPLOAD_PATTERNS if "/" not in pattern) + (".eval_results/*/*",)
 REQUIRED = ("config.json", "processor_config.json", "tokenizer_config.json", "modeling_llava_audio.py",
             "configuration_llava_audio.py", "processing_llava_audio.py", "pipeline_audio_captioning.py")
 
 
 class UploadError(RuntimeError):
     """An upload that could not be done; the message says why and what to do. The local folder is unchanged."""
+
+
+def check_repo_id(repo_id: str) -> str:
+    """`repo_id` if it is a Hub repo id ("name" or "org/name", huggingface_hub's `validate_repo_id`), else an
+    UploadError naming it and saying what a repo id is."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise UploadError(f"{repo_id!r} is not a Hub repo id: use org/name or name, each part at most 96 letters, "
+                          "digits, '-', '_' or '.', not starting or ending with '-' or '.', without '--' or '..', not "
+                          "ending in '.git'") from error
+    return repo_id
 
 
 def upload_files(folder) -> list[str]:
@@ -40,13 +57,13 @@ def upload_files(folder) -> list[str]:
     if missing:
         raise UploadError(f"{folder} is not a complete LlavaAudio folder: missing {', '.join(missing)}. Save it with "
                           "model.save_pretrained(folder) and processor.save_pretrained(folder).")
-    files = []
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder).as_posix()
-        if path.is_file() and any(fnmatch(relative, pattern) and relative.count("/") == pattern.count("/")
-                                  for pattern in UPLOAD_PATTERNS):
-            files.append(relative)
-    return files
+    from huggingface_hub.utils import filter_repo_objects
+
+    # the listing and the filter of `HfApi.upload_folder(allow_patterns=..., ignore_patterns=...)`; `push` cannot call
+    # upload_folder itself, which uploads only files on disk: the model card rendered in memory joins the same commit
+    listed = (path.relative_to(folder).as_posix() for path in sorted(folder.glob("**/*")) if path.is_file())
+    return list(filter_repo_objects(listed, allow_patterns=list(UPLOAD_PATTERNS),
+                                    ignore_patterns=list(IGNORE_PATTERNS)))
 
 
 def push(folder, repo_id: str, private: bool = False, revision: str | None = None, create_pr: bool = False,
@@ -57,6 +74,7 @@ def push(folder, repo_id: str, private: bool = False, revision: str | None = Non
     rendered in memory when the folder has none or when `eval_results` are given."""
     from huggingface_hub import CommitOperationAdd
 
+    check_repo_id(repo_id)
     folder = Path(folder)
     files = upload_files(folder)
     generated = {}

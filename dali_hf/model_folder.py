@@ -7,7 +7,6 @@ traceback from deep inside `from_pretrained` after seconds of imports. Every com
 
 import json
 import os
-import re
 import struct
 from pathlib import Path
 
@@ -17,8 +16,6 @@ __all__ = ["ModelFolderError", "check_model_folder"]
 
 CAPTIONER_TYPE = "llava_audio"
 SAVE_HINT = "model.save_pretrained(folder) and processor.save_pretrained(folder)"
-# Hub ids: "name" or "org/name" (the Hub's own rule, without its length limits)
-HUB_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*")
 
 
 class ModelFolderError(InputError):
@@ -47,8 +44,15 @@ def check_model_folder(path, name: str = "--model", hub: bool = True) -> None:
 
 
 def _looks_like_hub_id(text: str) -> bool:
-    return (HUB_ID.fullmatch(text) is not None and ".." not in text and "--" not in text
-            and not text.startswith(("/", ".", "~")))
+    """Whether `text` is a Hub repo id ("name" or "org/name"), by huggingface_hub's own check."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
 
 
 def _hub_config(repo_id: str, name: str) -> Path:

@@ -5,7 +5,9 @@
     2a pseudo-caption    <out>/2a-pseudo-caption    (audio, image) pairs -> (id, caption)
     2b distill           <out>/2b-distill           the final captioner
 
-Each stage reads its section of the config, named as the stage (`STAGES` in `dali_hf.trainers.stages`).
+Each stage reads its section of the config, named as the stage (`STAGES` in `dali_hf.trainers.stages`); `RECIPE`
+lists them as data (`RecipeStep`: the stage, the function that writes its folder, whether the next stage starts
+from that folder).
 
 A stage whose folder holds `stage_complete.json` is skipped; an interrupted training stage resumes from its last
 checkpoint (or from the `resume_from_checkpoint` of its "args"), and pseudo-captioning continues where it stopped.
@@ -14,6 +16,8 @@ checkpoint (or from the `resume_from_checkpoint` of its "args"), and pseudo-capt
 import json
 import multiprocessing
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -155,72 +159,103 @@ def run_recipe(config: dict, log=print) -> str:
     the alignment data), "batch_size": 8, "generate": {...}}, "distill": {"args": {...}}}. Data entries are
     `save_to_disk` folders in the column convention.
     """
-    from .trainers import (
-        AlignmentConfig,
-        AudioVisualDistillationTrainer,
-        DistillationConfig,
-        DistributionAlignmentTrainer,
-        PrefixTuningConfig,
-        PrefixTuningTrainer,
-        attach_captions,
-    )
-    from .trainers.stages import STAGES
-
     check_recipe(config)
-    out = Path(config["output_dir"])
-    folders = {stage.name: str(out / stage.folder) for stage in STAGES}
     model_path = config["model"]
-    load = datasets.load_from_disk
-
-    def stage_args(config_class, section: dict, folder: str):
-        return config_class(**{"output_dir": folder, "report_to": [], **section.get("args", {})})
-
-    def stage(name, run):
-        nonlocal model_path
-        folder = folders[name]
+    for step in RECIPE:
+        folder = _stage_folder(config, step.stage)
         if (Path(folder) / DONE).exists():
-            log(f"[{name}] already done, skipped")
+            log(f"[{step.stage}] already done, skipped")
         else:
-            log(f"[{name}] from {model_path}")
-            run(folder)
+            log(f"[{step.stage}] from {model_path}")
+            step.run(config, model_path, folder, log)
             Path(folder, DONE).write_text(json.dumps({"input_model": model_path}))
-        if name != "pseudo-caption":
+        if step.gives_model:
             model_path = folder
+    return _stage_folder(config, RECIPE[-1].stage)
 
-    stage("prefix-tune", lambda folder: run_training_stage(
-        PrefixTuningTrainer, stage_args(PrefixTuningConfig, config["prefix-tune"], folder), model_path,
-        load(config["prefix-tune"]["data"]), log=log))
-    align = config["align"]
-    stage("align", lambda folder: run_training_stage(
-        DistributionAlignmentTrainer, stage_args(AlignmentConfig, align, folder), model_path, load(align["data"]),
-        eval_dataset=load(align["eval_data"]) if align.get("eval_data") else None, log=log))
-    pseudo = config.get("pseudo-caption", {})
-    pairs = load(pseudo.get("data", align["data"]))
 
-    def caption(folder):
-        settings = dict(batch_size=pseudo.get("batch_size", 8), **pseudo.get("generate", {}))
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            _caption(model_path, pairs, folder, settings)
-            return
-        # under `accelerate launch` the main process captions alone (one file of captions) while the others wait,
-        # in a fresh Python process: the engine's state (ZeRO-3's partitioning of every model loaded and its patched
-        # module classes, the process group) stays out of one-process generation
-        if torch.distributed.get_rank() == 0:
-            child = multiprocessing.get_context("spawn").Process(target=_caption,
-                                                                 args=(model_path, pairs, folder, settings))
-            child.start()
-            child.join()
-            if child.exitcode != 0:
-                raise RuntimeError(f"pseudo-captioning into {folder} failed (exit status {child.exitcode}); rerun "
-                                   "the same command to resume it")
-        torch.distributed.barrier()
+@dataclass(frozen=True)
+class RecipeStep:
+    """A stage of the recipe: `run(config, model_path, folder, log)` writes the stage's `folder` from the captioner
+    at `model_path`; the next stage starts from that folder when the stage `gives_model` (pseudo-captioning writes
+    captions: distillation starts from the aligned captioner)."""
 
-    stage("pseudo-caption", caption)
-    captions = load(os.path.join(folders["pseudo-caption"], "dataset"))
-    stage("distill", lambda folder: run_training_stage(
-        AudioVisualDistillationTrainer, stage_args(DistillationConfig, config.get("distill", {}), folder),
-        model_path, attach_captions(pairs, captions), log=log))
-    return folders["distill"]
+    stage: str  # a name of `STAGES`
+    run: Callable[[dict, str, str, Callable], None]
+    gives_model: bool = True
+
+
+def _stage_folder(config: dict, name: str) -> str:
+    from .trainers.stages import stage_named
+
+    return str(Path(config["output_dir"]) / stage_named(name).folder)
+
+
+def _stage_args(config_class, section: dict, folder: str):
+    return config_class(**{"output_dir": folder, "report_to": [], **section.get("args", {})})
+
+
+def _prefix_tune(config: dict, model_path: str, folder: str, log) -> None:
+    from .trainers import PrefixTuningConfig, PrefixTuningTrainer
+
+    section = config["prefix-tune"]
+    run_training_stage(PrefixTuningTrainer, _stage_args(PrefixTuningConfig, section, folder), model_path,
+                       datasets.load_from_disk(section["data"]), log=log)
+
+
+def _align(config: dict, model_path: str, folder: str, log) -> None:
+    from .trainers import AlignmentConfig, DistributionAlignmentTrainer
+
+    section = config["align"]
+    load = datasets.load_from_disk
+    run_training_stage(DistributionAlignmentTrainer, _stage_args(AlignmentConfig, section, folder), model_path,
+                       load(section["data"]),
+                       eval_dataset=load(section["eval_data"]) if section.get("eval_data") else None, log=log)
+
+
+def _caption_pairs(config: dict):
+    """The (audio, image) pairs that are pseudo-captioned, then distilled on: "pseudo-caption"'s data, else
+    "align"'s."""
+    return datasets.load_from_disk(config.get("pseudo-caption", {}).get("data", config["align"]["data"]))
+
+
+def _pseudo_caption(config: dict, model_path: str, folder: str, log) -> None:
+    section = config.get("pseudo-caption", {})
+    pairs = _caption_pairs(config)
+    settings = dict(batch_size=section.get("batch_size", 8), **section.get("generate", {}))
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        _caption(model_path, pairs, folder, settings)
+        return
+    # under `accelerate launch` the main process captions alone (one file of captions) while the others wait,
+    # in a fresh Python process: the engine's state (ZeRO-3's partitioning of every model loaded and its patched
+    # module classes, the process group) stays out of one-process generation
+    if torch.distributed.get_rank() == 0:
+        child = multiprocessing.get_context("spawn").Process(target=_caption,
+                                                             args=(model_path, pairs, folder, settings))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f"pseudo-captioning into {folder} failed (exit status {child.exitcode}); rerun "
+                               "the same command to resume it")
+    torch.distributed.barrier()
+
+
+def _distill(config: dict, model_path: str, folder: str, log) -> None:
+    from .trainers import AudioVisualDistillationTrainer, DistillationConfig, attach_captions
+
+    captions = datasets.load_from_disk(os.path.join(_stage_folder(config, "pseudo-caption"), "dataset"))
+    run_training_stage(AudioVisualDistillationTrainer,
+                       _stage_args(DistillationConfig, config.get("distill", {}), folder), model_path,
+                       attach_captions(_caption_pairs(config), captions), log=log)
+
+
+# the stages in the order they run, each starting from the model of the last stage that gives one
+RECIPE = (
+    RecipeStep("prefix-tune", _prefix_tune),
+    RecipeStep("align", _align),
+    RecipeStep("pseudo-caption", _pseudo_caption, gives_model=False),
+    RecipeStep("distill", _distill),
+)
 
 
 def _import_model_code(model_path: str) -> None:

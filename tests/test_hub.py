@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
-from dali_hf.hub import UploadError, push, upload_files, write_model_card
+from dali_hf.hub import REQUIRED, UPLOAD_PATTERNS, UploadError, push, upload_files, write_model_card
 from dali_hf.testing import run_without_dali_hf, saved_captioner
 
 EVAL = {"AudioCaps": {"scores": {"meteor": 0.123, "rouge_l": 0.331, "cider_d": 0.281}, "split": "test",
@@ -81,6 +81,53 @@ def test_dry_run_lists_exactly_what_is_needed(folder, capsys):
     assert upload_files(folder) == NEEDED
     assert _digest(folder) == before
 
+
+
+def test_only_the_named_files_of_the_top_level_and_eval_results_are_uploaded(tmp_path):
+    top_level = [pattern.replace("*", "x") for pattern in UPLOAD_PATTERNS if "/" not in pattern]
+    wanted = [*top_level, *REQUIRED, "model.safetensors", ".eval_results/audiocaps.yaml"]
+    # the same names where training, logging or git put them, and files no pattern names
+    unwanted = [f"{folder}/{name}" for folder in ("checkpoint-2", "runs/deep", ".git", ".eval_results", "code.py")
+                for name in top_level]
+    unwanted += [".eval_results/old/audiocaps.yaml", "checkpoint-2/.eval_results/audiocaps.yaml", "audiocaps.yaml",
+                 ".eval_results/notes.txt", "training_args.bin", "stage_complete.json", "optimizer.pt", "x.pyc",
+                 "README.md.bak", "Config.json"]
+    for name in wanted + unwanted:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)
+    files = upload_files(tmp_path)
+    assert set(files) == set(wanted) and len(files) == len(set(wanted))
+
+
+def test_push_commits_the_files_and_the_card_in_one_commit(folder, monkeypatch):
+    from huggingface_hub import HfApi
+
+    before = _digest(folder)
+    commits = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: repo_id)
+    monkeypatch.setattr(HfApi, "create_commit", lambda self, repo_id, operations, **kwargs: commits.append(operations))
+    assert push(folder, "org/dali-tiny", token="hf_test", eval_results=EVAL) == sorted(
+        NEEDED + [".eval_results/audiocaps.yaml"])
+    (operations,) = commits
+    sources = {op.path_in_repo: op.path_or_fileobj for op in operations}
+    assert sorted(sources) == sorted(NEEDED + [".eval_results/audiocaps.yaml"])
+    assert all(sources[name] == str(folder / name) for name in NEEDED if name != "README.md")
+    card = sources["README.md"]  # rendered in memory with the results, the folder's own card left as it was
+    assert isinstance(card, bytes) and b"| AudioCaps (test) |" in card and card != (folder / "README.md").read_bytes()
+    assert b"org/audiocaps" in sources[".eval_results/audiocaps.yaml"]
+    assert _digest(folder) == before
+
+
+@pytest.mark.parametrize("repo_id", ["a/b/c", "not a/repo id", "-org/name", "org/name-", "org/na--me", "org/na..me",
+                                     "org/name.git", "org/" + "x" * 97, "org/café", "", "./name"])
+def test_a_malformed_repo_id_is_refused_before_anything(folder, repo_id):
+    with pytest.raises(UploadError, match=f"^{re.escape(repr(repo_id))} is not a Hub repo id: use org/name or name"):
+        push(folder, repo_id, dry_run=True)
+
+
+@pytest.mark.parametrize("repo_id", ["org/dali-tiny", "dali_tiny", "Org_1/Foo-BAR_foo.bar123", "x" * 96])
+def test_a_well_formed_repo_id_is_accepted(folder, repo_id):
+    assert push(folder, repo_id, dry_run=True) == NEEDED
 
 REMOTE = textwrap.dedent(
     """

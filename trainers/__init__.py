@@ -2,7 +2,9 @@
 configs (the two captioning stages' share `CaptionStageConfig`, in `arguments.py`), collators and objectives
 (`objectives/`), and the language-model-free model that alignment trains (`lean.py`).
 
-May import `dali_hf.modeling` and `dali_hf.model_cards`, never dali_hf's top-level modules (which import this)."""
+May import `dali_hf.modeling` and `dali_hf.model_cards`, never dali_hf's top-level modules (which import this).
+Libraries do what they do: distillation's LoRA is peft's (`lora.py`: injected, then merged by `merge_and_unload`), and
+modules log through transformers' `logging.get_logger(__name__)`, as modeling/ does."""
 
 from .alignment import SCORERS_NAME, AlignmentConfig, DistributionAlignmentTrainer
 from .collators import AlignmentCollator, CaptionCollator

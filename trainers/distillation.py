@@ -124,16 +124,17 @@ class AudioVisualDistillationTrainer(CaptionStageTrainer):
 
     def __init__(self, model=None, args=None, **kwargs):
         super().__init__(model=model, args=args, **kwargs)
+        self.lora_model = None  # peft's LoraModel around the language model, when adapters train
         if getattr(self.args, "lora_r", 0) > 0:
-            inject_lora(self.model.model.language_model, self.args.lora_r, self.args.lora_alpha,
-                        self.args.lora_dropout, self.args.lora_target_modules)
+            self.lora_model = inject_lora(self.model.model.language_model, self.args.lora_r, self.args.lora_alpha,
+                                          self.args.lora_dropout, self.args.lora_target_modules)
 
     def build_collator(self, processor, args):
         return CaptionCollator(processor, audio=True, prefix=getattr(args, "use_prefix", False),
                                prompt=getattr(args, "prompt", None), prompt_preset=getattr(args, "prompt_preset", None))
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        if not _internal_call and getattr(self.args, "lora_r", 0) > 0:
-            merge_lora(self.model.model.language_model)  # the final folder: plain weights
+        if not _internal_call and self.lora_model is not None:
+            merge_lora(self.lora_model)  # the final folder: plain weights
         super().save_model(output_dir, _internal_call)
 

@@ -8,10 +8,10 @@ reason, never replaced.
 """
 
 import json
-import logging
 import os
 
 import datasets
+from transformers.utils import logging
 
 from ..modeling.media import media_duration
 from ..modeling.pipeline_audio_captioning import CaptionRequest, captioning_engine
@@ -22,7 +22,7 @@ __all__ = ["PSEUDO_CAPTIONS_FILE", "SKIPPED_FILE", "attach_captions", "generate_
 PSEUDO_CAPTIONS_FILE = "pseudo_captions.jsonl"
 SKIPPED_FILE = "skipped.jsonl"
 SETTINGS_FILE = "generation_settings.json"
-logger = logging.getLogger(__name__)
+logger = logging.get_logger(__name__)
 
 
 def generate_pseudo_captions(model, processor, dataset, output_dir: str, batch_size: int = 8,

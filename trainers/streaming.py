@@ -1,18 +1,18 @@
 """Alignment data at scale: a deterministic stream of (audio, image) batches for one process of a (multi-process)
 run, decoded in parallel, resumable in the middle of an epoch without reading what it skips."""
 
-import logging
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 
 import torch
+from transformers.utils import logging
 
 from .collators import AlignmentCollator
 
 __all__ = ["AlignmentStream", "StreamLoader"]
 
-logger = logging.getLogger(__name__)
+logger = logging.get_logger(__name__)
 
 
 class AlignmentStream(torch.utils.data.IterableDataset):
