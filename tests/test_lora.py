@@ -2,10 +2,10 @@
 merged language model has exactly the keys it had before the adapters."""
 
 import torch
-from dali_hf.trainers.lora import inject_lora, merge_lora
 from peft.tuners.lora import LoraLayer
 
 from dali_hf.testing import tiny_captioner
+from dali_hf.trainers.lora import inject_lora, merge_lora
 
 R, ALPHA = 4, 12  # peft scales the update by lora_alpha / r = 3
 

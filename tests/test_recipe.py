@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from dali_hf.trainers.stages import STAGES
 
 from dali_hf import recipe
+from dali_hf.trainers.stages import STAGES
 
 
 @pytest.fixture
