@@ -416,7 +416,8 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, LlavaForCond
             num_prefix_tokens: learned prefix length (16 in the paper).
             processor: the [`LlavaAudioProcessor`] built for this captioner (`LlavaAudioProcessor.from_llava`), whose
                 `<audio>` and `<prefix>` token ids the model uses; or give `audio_token_id` and `prefix_token_id`.
-            **kwargs: passed to `from_pretrained` for paths (`dtype`, `device_map`, `revision`...).
+            **kwargs: passed to `from_pretrained` for paths (`dtype`, `device_map`, `revision`...);
+                `attn_implementation` also sets the attention of an audio tower built from a config.
         """
         if processor is not None:
             audio_token_id, prefix_token_id = processor.audio_token_id, processor.prefix_token_id
@@ -458,6 +459,8 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, LlavaForCond
         else:
             with torch.device(device):
                 tower = build_audio_encoder(audio_config)
+            if isinstance(kwargs.get("attn_implementation"), str):  # a tower built here attends as the loaded parts
+                tower.set_attn_implementation(kwargs["attn_implementation"])
         parts.audio_tower = tower.to(device=device, dtype=dtype)
         parts.audio_to_vision = nn.Linear(
             audio_config.hidden_size, parts.audio_to_vision.out_features, device=device, dtype=dtype

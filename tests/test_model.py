@@ -68,6 +68,17 @@ def test_from_llava_keeps_the_encoder_of_a_given_audio_model(llava_parts, ast_ca
     assert all(torch.equal(from_model.state_dict()[name], tensor) for name, tensor in weights.items())
 
 
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_from_llava_attn_implementation_reaches_an_audio_tower_built_from_a_config(llava_parts, ast_captioner,
+                                                                                  implementation):
+    llava, _ = llava_parts
+    _, processor = ast_captioner
+    config, _ = tiny_audio_encoder("cav_mae")
+    model = LlavaAudioForConditionalGeneration.from_llava(llava, config, processor=processor,
+                                                         attn_implementation=implementation)
+    assert model.model.audio_tower.config._attn_implementation == implementation
+
+
 def test_token_spaces(llava_parts, captioner):
     llava, _ = llava_parts
     model, processor = captioner
