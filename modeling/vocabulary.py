@@ -5,7 +5,8 @@ DALI's stages.
 Why here: the processor and the pipeline read these words, and they are Hub remote code, which may import only the
 files beside them; the trainers, the recipe and the command line sit above this folder and read them from it. This
 file imports only `typing`, and `dali_hf.modeling` imports its other modules only when one of their names is first
-used, so `dali-hf --help` builds its choices from here without loading torch or transformers. `save_pretrained` copies this file with the model's code: the processor and the pipeline import it.
+used, so `dali-hf --help` builds its choices from here without loading torch or transformers. `save_pretrained`
+copies this file with the model's code: the processor and the pipeline import it.
 
 Words that only one part of the package uses stay with that part: the metric names in `dali_hf.metrics`
 (`ALL_METRICS`, which imports nothing heavy either) and the evaluation-result record in `dali_hf.model_cards`.
