@@ -18,12 +18,13 @@ Importing the package registers `llava_audio` with the Auto classes and the "aud
 (`dali_hf.modeling.auto_classes`, which also says what a saved folder carries for Pythons without dali_hf), so
 `AutoConfig`, `AutoModel`, `AutoModelForImageTextToText`, `AutoProcessor` and `pipeline("audio-captioning")` load
 DALI checkpoints without `trust_remote_code`.
-The public names below are imported on first use.
+The public names below are imported on first use (and under `TYPE_CHECKING`, for static checkers).
 """
 
 import importlib
 import os
 import sys
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -42,7 +43,38 @@ _PUBLIC = {
     "convert_official": ".convert",
     "register": ".modeling.auto_classes",
 }
-__all__ = sorted(_PUBLIC)
+__all__ = [  # the keys of _PUBLIC, written out so that linters see the names imported under TYPE_CHECKING as exported
+    "CHAT_TEMPLATE",
+    "DEFAULT_PROMPT",
+    "CavMaeAudioConfig",
+    "CavMaeAudioModel",
+    "CavMaeFeatureExtractor",
+    "LlavaAudioConfig",
+    "LlavaAudioForConditionalGeneration",
+    "LlavaAudioModel",
+    "LlavaAudioPreTrainedModel",
+    "LlavaAudioProcessor",
+    "audio_token_count",
+    "convert_official",
+    "register",
+]
+
+if TYPE_CHECKING:  # what static checkers and editors read for the names above, imported on first use at run time
+    from .convert import convert_official
+    from .modeling import (
+        CHAT_TEMPLATE,
+        DEFAULT_PROMPT,
+        CavMaeAudioConfig,
+        CavMaeAudioModel,
+        CavMaeFeatureExtractor,
+        LlavaAudioConfig,
+        LlavaAudioForConditionalGeneration,
+        LlavaAudioModel,
+        LlavaAudioPreTrainedModel,
+        LlavaAudioProcessor,
+        audio_token_count,
+    )
+    from .modeling.auto_classes import register
 
 
 def __getattr__(name: str):

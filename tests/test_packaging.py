@@ -46,6 +46,28 @@ def test_the_mapped_folders_resolve_statically_to_the_files_python_imports():
             assert static.is_file() and static.samefile(init) and imported.samefile(init), name
 
 
+def _type_checking_imports(init: Path) -> dict[str, str]:
+    """{name: module, relative as written} imported under `if TYPE_CHECKING:` in `init`."""
+    found = {}
+    for node in ast.parse(init.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            for statement in node.body:
+                assert isinstance(statement, ast.ImportFrom), ast.unparse(statement)
+                found |= {alias.name: "." * statement.level + (statement.module or "") for alias in statement.names}
+    return found
+
+
+@pytest.mark.parametrize("package", ["dali_hf", "dali_hf.modeling"])
+def test_the_lazy_public_names_resolve_statically(package):
+    """`dali_hf` and `dali_hf.modeling` import their public names on first use (a module `__getattr__`), which a
+    static checker reads as `Any`: "go to definition" of `from dali_hf import LlavaAudioProcessor` finds nothing.
+    Each lazy name is also imported under `if TYPE_CHECKING:` from the module `__getattr__` loads it from."""
+    module = importlib.import_module(package)
+    lazy = module._PUBLIC if package == "dali_hf" else module._MODULE_OF
+    assert _type_checking_imports(Path(module.__file__)) == lazy
+    assert sorted(module.__all__) == sorted(lazy)
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     """The wheel `pip wheel` builds from this checkout, offline (this environment's setuptools)."""
