@@ -53,7 +53,7 @@ PSEUDO_CAPTION_HELP = _stage_help("pseudo-caption")
 # --preset of caption and pseudo-caption: the pipeline's decoding presets
 PRESET_HELP = "decoding: greedy (reproducible) or paper (temperature 0.2, as the reference code)"
 # --prompt-preset of caption and pseudo-caption: the processor's prompt presets (default: the processor's own)
-PROMPT_PRESET_HELP = "system texts: none, or the authors' (default: the model's processor's)"
+PROMPT_PRESET_HELP = "system texts: llava (none) or reference (the authors'); default: the model's processor's"
 
 
 # ---- argument types: invalid values are argparse errors, at parse time --------------------------------------------

@@ -57,6 +57,16 @@ def test_the_command_line_offers_the_vocabulary():
     assert ", ".join(ALL_METRICS) in options["evaluate"]["--metrics"].help
 
 
+def test_the_prompt_preset_help_names_each_preset_with_its_meaning():
+    """The choices are listed in the vocabulary's order ({llava,reference}): a help that says what they mean in
+    another order ("the authors' (default) or none") reads as if llava were the authors' texts."""
+    options = subcommand_options()
+    for command in ("caption", "pseudo-caption", "convert-official"):
+        help_text = options[command]["--prompt-preset"].help
+        assert re.findall(r"(\w+) \(", help_text.split(":", 1)[1]) == list(PROMPT_PRESETS), command
+        assert re.search(r"llava \(none\)", help_text) and re.search(r"reference \(the authors'", help_text), command
+
+
 def test_the_configs_type_the_prompt_presets():
     assert typing.get_args(PromptPreset) == tuple(PROMPT_PRESETS)
     for config_class in (CaptionStageConfig, PrefixTuningConfig, DistillationConfig):
