@@ -392,7 +392,8 @@ def add_convert_subcommand(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--prompt-preset", default="reference", choices=list(PROMPT_PRESETS),
-        help="system texts of the prompts (processor prompt_preset): llava (none) or reference (the authors', the default)",
+        help="system texts of the prompts (processor prompt_preset): llava (none) or reference (the authors', the "
+             "default)",
     )
     parser.add_argument(
         "--shared-projector", default=True, action=argparse.BooleanOptionalAction,
