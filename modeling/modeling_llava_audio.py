@@ -5,7 +5,9 @@ The classes subclass LLaVA's (`LlavaModel`, `LlavaForConditionalGeneration`) and
 exactly what `LlavaForConditionalGeneration` gives. What is added is written into the prompt's embeddings before
 LLaVA's forward takes them: the audio path `audio_tower -> audio_to_vision` (the space that DALI aligns to the CLIP
 tokens) `-> audio_multi_modal_projector` (a separate copy of the image projector, fine-tuned in stage 2), and
-`prefix_embeddings`, learned input embeddings placed wherever the processor put the prefix placeholder.
+`prefix_embeddings`, learned input embeddings placed wherever the processor put the prefix placeholder. Given
+`input_ids`, the image features are written there too, by LLaVA's own methods, at the `<image>` ids: LLaVA's forward
+receives embeddings, and would otherwise look `<image>` up among them.
 """
 
 import copy
@@ -268,8 +270,11 @@ class LlavaAudioModel(LlavaAudioTokensMixin, LlavaAudioPreTrainedModel, LlavaMod
         **kwargs: Unpack[TransformersKwargs],
     ) -> LlavaAudioModelOutputWithPast:
         """`LlavaModel.forward` given the prompt's embeddings with the audio features and the learned prefix already
-        written over their placeholders: LLaVA then places the image features (finding `<image>` in those
-        embeddings, as for any `inputs_embeds`) and runs the language model."""
+        written over their placeholders. With `input_ids`, the image features are written too, at the `<image>` ids
+        (LLaVA's `get_image_features` and `get_placeholder_mask`), as LLaVA places them given ids: its forward, given
+        embeddings, would look `<image>` up among them, which fails where the embedding layer's output changes from
+        call to call (NEFTune's noise in training). With `inputs_embeds`, LLaVA places them, as for any embeddings.
+        LLaVA's forward then runs the language model."""
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         encoded = {modality: output for modality, output in (mm_encoder_outputs or {}).items() if output is not None}
@@ -280,6 +285,15 @@ class LlavaAudioModel(LlavaAudioTokensMixin, LlavaAudioPreTrainedModel, LlavaMod
         if audio_outputs is not None:
             inputs_embeds = self._place_audio(input_ids, prompt_embeds, audio_outputs.pooler_output)
         inputs_embeds = self._place_prefix(input_ids, prompt_embeds, inputs_embeds)
+        image_outputs = None
+        if input_ids is not None:
+            image_outputs = self._image_outputs(pixel_values, encoded.pop("image", None), vision_feature_layer,
+                                                vision_feature_select_strategy, **kwargs)
+            pixel_values = None
+        if image_outputs is not None:
+            image_features = torch.cat(image_outputs.pooler_output, dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds=inputs_embeds, image_features=image_features)
+            inputs_embeds = inputs_embeds.masked_scatter(mask, image_features)
 
         outputs = super().forward(
             pixel_values=pixel_values,
@@ -293,10 +307,29 @@ class LlavaAudioModel(LlavaAudioTokensMixin, LlavaAudioPreTrainedModel, LlavaMod
             return_dict=True,
             **kwargs,
         )
+        if image_outputs is not None:
+            outputs["image_outputs"] = image_outputs
         return LlavaAudioModelOutputWithPast(
             **outputs,
             audio_outputs=audio_outputs,
             audio_hidden_states=None if audio_outputs is None else audio_outputs.pooler_output,
+        )
+
+    def _image_outputs(self, pixel_values, encoded_image, vision_feature_layer, vision_feature_select_strategy,
+                       **kwargs):
+        """The image encoder's output that a forward places, as `LlavaModel.forward` gets it:
+        `get_image_features(pixel_values)`, or the one given already encoded (`mm_encoder_outputs["image"]`); None
+        without an image."""
+        if pixel_values is None:
+            return encoded_image
+        if encoded_image is not None:  # LLaVA's words
+            raise ValueError("You cannot specify both pixel_values and mm_encoder_outputs at the same time")
+        return self.get_image_features(
+            pixel_values=pixel_values,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            return_dict=True,
+            **kwargs,
         )
 
 

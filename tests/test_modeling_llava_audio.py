@@ -30,6 +30,7 @@ from transformers import (
     Qwen2Config,
     SiglipVisionConfig,
 )
+from transformers.integrations.neftune import activate_neftune
 from transformers.testing_utils import CaptureLogger
 
 from dali_hf import LlavaAudioConfig, LlavaAudioForConditionalGeneration, LlavaAudioModel
@@ -222,6 +223,33 @@ class TestLlavaAudioModel:
             model(**full_inputs)
             model.model(**full_inputs)
         assert calls == ["LlavaForConditionalGeneration", "LlavaModel", "LlavaModel"]
+
+    def test_images_are_placed_by_their_ids_under_noisy_embeddings_as_in_llava(self, tester, full_inputs):
+        """NEFTune (`TrainingArguments(neftune_noise_alpha=...)`) adds fresh noise to every output of the embedding
+        layer in training. Given `input_ids`, LLaVA finds `<image>` in them; the captioner must too, not look the
+        placeholder's embedding up among the noisy prompt embeddings (no row matches, and the hook fails on the
+        one-token lookup). Same seed, same noise: image-only logits equal plain LLaVA's."""
+        model, processor, llava = tester.model, tester.processor, tester.llava
+        image_only = processor(text=[processor.caption_prompt(image=True)], images=[random_image(1)],
+                               return_tensors="pt")
+        with torch.no_grad():
+            clean = llava(**image_only).logits
+        hook = activate_neftune(model, neftune_noise_alpha=5.0)  # the embedding layer is LLaVA's too (shared)
+        model.train()
+        try:
+            with torch.no_grad():
+                torch.manual_seed(0)
+                expected = llava(**image_only).logits
+                torch.manual_seed(0)
+                ours = model(**image_only).logits
+                every_input = model(**full_inputs, labels=full_inputs.input_ids)
+        finally:
+            hook.remove()
+            del model.get_input_embeddings().neftune_noise_alpha
+            model.eval()
+        assert not torch.equal(expected, clean), "the noise should have been on"
+        assert torch.equal(ours, expected)
+        assert torch.isfinite(every_input.loss)
 
     # ---- 1. inputs_embeds --------------------------------------------------------------------------------------------
 
