@@ -247,7 +247,8 @@ class LlavaAudioModel(LlavaAudioTokensMixin, LlavaAudioPreTrainedModel, LlavaMod
             logger.warning_once(
                 f"A run of <prefix> placeholders (id {self.config.prefix_token_id}) is not {size} long "
                 "(num_prefix_tokens): it is read as plain tokens. Build prompts with the LlavaAudioProcessor saved "
-                "with this model, whose num_prefix_tokens is the model's."
+                "with this model, whose num_prefix_tokens is the model's; when generating with prefill_chunk_size, "
+                "a chunk may have cut the run in two: generate with prefill_chunk_size=None."
             )
         rows = self.prefix_embeddings.to(inputs_embeds.device, inputs_embeds.dtype)[(position - 1).clamp(0, size - 1)]
         return torch.where((mask & (run_length == size)).unsqueeze(-1), rows, inputs_embeds)

@@ -311,6 +311,23 @@ class TestLlavaAudioModel:
                 assert torch.equal(model(input_ids=ids).logits, llava(input_ids=ids).logits)
         assert "is not 16 long (num_prefix_tokens)" in log.out
 
+    def test_a_prefill_chunk_that_cuts_the_prefix_is_named(self, tester):
+        """`generate(prefill_chunk_size=...)` runs the prompt in pieces; a piece boundary inside the prefix leaves two
+        short runs, read as plain tokens (the captions change). The warning names that cause and its fix."""
+        model, processor = tester.model, tester.processor
+        inputs = processor(text=[processor.caption_prompt(image=True, prefix=True)], images=[random_image(1)],
+                           return_tensors="pt")
+        first_prefix = int((inputs.input_ids[0] == processor.prefix_token_id).nonzero()[0])
+        whole = model.generate(**inputs, **GREEDY)
+        modeling_llava_audio.logger.warning_once.cache_clear()
+        with CaptureLogger(modeling_llava_audio.logger) as log:
+            cut = model.generate(**inputs, **GREEDY, prefill_chunk_size=first_prefix + 5)
+        assert not torch.equal(cut, whole)
+        assert "prefill_chunk_size" in log.out and "is not 16 long" in log.out
+        with CaptureLogger(modeling_llava_audio.logger) as log:
+            assert torch.equal(model.generate(**inputs, **GREEDY, prefill_chunk_size=first_prefix), whole)
+        assert log.out == ""
+
 
     # ---- 3. feature getters return what LlavaModel.get_image_features returns --------------------------------------
 
