@@ -280,6 +280,8 @@ class LlavaAudioModel(LlavaAudioTokensMixin, LlavaAudioPreTrainedModel, LlavaMod
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         encoded = {modality: output for modality, output in (mm_encoder_outputs or {}).items() if output is not None}
         audio_outputs = self._audio_outputs(input_features, input_features_mask, encoded.pop("audio", None), **kwargs)
+        if mm_encoder_outputs is not None and audio_outputs is not None:
+            mm_encoder_outputs["audio"] = audio_outputs  # for the caller, as LlavaModel.forward adds the image's
         # placeholders are looked up in the prompt, before any feature overwrites them
         prompt_embeds = self.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds
         inputs_embeds = prompt_embeds
@@ -402,11 +404,9 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, LlavaForCond
         r"""Captioning forward pass: `LlavaForConditionalGeneration.forward`, whose model ([`LlavaAudioModel`])
         scatters the audio features and the learned prefix into the sequence at their placeholder tokens. The token
         sets that DALI aligns come from `get_audio_tokens` and `get_image_tokens`."""
+        # The model encodes the audio inside its own call (so that wrappers which hold its parameters between calls,
+        # FSDP units, have them at hand) and adds the encoder's output to this dict, which LLaVA's forward hands it.
         mm_encoder_outputs = dict(mm_encoder_outputs or {})
-        # encoded here rather than in the model, so that the output carries the audio encoder's output
-        mm_encoder_outputs["audio"] = self.model._audio_outputs(
-            input_features, input_features_mask, mm_encoder_outputs.get("audio"), **kwargs
-        )
         outputs = super().forward(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -419,10 +419,12 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, LlavaForCond
             labels=labels,
             logits_to_keep=logits_to_keep,
             mm_encoder_outputs=mm_encoder_outputs,
+            input_features=input_features,
+            input_features_mask=input_features_mask,
             return_dict=True,
             **kwargs,
         )
-        audio_outputs = mm_encoder_outputs["audio"]
+        audio_outputs = mm_encoder_outputs.get("audio")
         return LlavaAudioCausalLMOutputWithPast(
             **outputs,
             audio_outputs=audio_outputs,

@@ -11,6 +11,9 @@ class is a pytest class, so that fixtures (`tmp_path`, `monkeypatch`) and parame
 
 import copy
 import inspect
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -77,6 +80,31 @@ class LlavaAudioModelTester:
 
 def media(inputs):
     return {k: inputs[k] for k in ("pixel_values", "input_features") if k in inputs}
+
+
+FSDP2_MODEL_UNIT = """
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+
+from dali_hf.testing import random_clip, random_image, tiny_captioner
+
+dist.init_process_group("gloo", rank=0, world_size=1)
+model, processor, _ = tiny_captioner("cav_mae")
+inputs = processor(text=[processor.caption_prompt(image=True, audio=True, prefix=True)], images=[random_image(1)],
+                   audio=[random_clip(1)], sampling_rate=16000, return_tensors="pt")
+with torch.no_grad():
+    expected = model(**inputs).logits
+for layer in model.model.language_model.layers:
+    fully_shard(layer)
+fully_shard(model.model)
+fully_shard(model)
+with torch.no_grad():
+    logits = model(**inputs).logits
+dist.destroy_process_group()
+assert torch.equal(logits, expected), (logits - expected).abs().max()
+print("same logits")
+"""
 
 
 class Boost(LogitsProcessor):
@@ -223,6 +251,45 @@ class TestLlavaAudioModel:
             model(**full_inputs)
             model.model(**full_inputs)
         assert calls == ["LlavaForConditionalGeneration", "LlavaModel", "LlavaModel"]
+
+    def test_the_captioner_runs_the_parts_of_its_model_inside_the_models_call(self, tester, full_inputs):
+        """As LLaVA's captioner does, the captioner reaches the parts of `model.model` only through `model.model(...)`:
+        wrappers that hold a module's parameters between its calls (an FSDP unit made of `model.model`, which FSDP2
+        and a size-based wrap policy make) then have them at hand. Each part's forward records whether it runs inside
+        that call; the encoder outputs still come back."""
+        model = tester.model
+        inside, outside = [False], []
+
+        def enter(module, args):
+            inside[0] = True
+
+        def leave(module, args, output):
+            inside[0] = False
+
+        hooks = [model.model.register_forward_pre_hook(enter), model.model.register_forward_hook(leave)]
+        for name, part in model.model.named_children():
+            hooks.append(part.register_forward_pre_hook(
+                lambda module, args, name=name: None if inside[0] else outside.append(name)))
+        try:
+            with torch.no_grad():
+                outputs = model(**full_inputs)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        assert outside == []
+        assert outputs.audio_outputs is not None and outputs.image_outputs is not None
+        assert torch.equal(outputs.audio_hidden_states, outputs.audio_outputs.pooler_output)
+
+    @pytest.mark.slow  # a fresh Python with a process group
+    def test_fsdp2_unit_made_of_the_model_runs_the_captioner(self, tmp_path):
+        """The case above with FSDP2 itself: `fully_shard` on the decoder layers, on `model.model` and on the captioner
+        (one gloo process), gives the unsharded captioner's logits."""
+        script = tmp_path / "fsdp2_model_unit.py"
+        script.write_text(FSDP2_MODEL_UNIT)
+        result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                                env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29571"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.strip().endswith("same logits")
 
     def test_images_are_placed_by_their_ids_under_noisy_embeddings_as_in_llava(self, tester, full_inputs):
         """NEFTune (`TrainingArguments(neftune_noise_alpha=...)`) adds fresh noise to every output of the embedding
