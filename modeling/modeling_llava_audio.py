@@ -5,7 +5,9 @@ The classes subclass LLaVA's (`LlavaModel`, `LlavaForConditionalGeneration`) and
 exactly what `LlavaForConditionalGeneration` gives. What is added is written into the prompt's embeddings before
 LLaVA's forward takes them: the audio path `audio_tower -> audio_to_vision` (the space that DALI aligns to the CLIP
 tokens) `-> audio_multi_modal_projector` (a separate copy of the image projector, fine-tuned in stage 2), and
-`prefix_embeddings`, learned input embeddings placed wherever the processor put the prefix placeholder.
+`prefix_embeddings`, learned input embeddings placed wherever the processor put the prefix placeholder. Given
+`input_ids`, the image features are written there too, by LLaVA's own methods, at the `<image>` ids: LLaVA's forward
+receives embeddings, and would otherwise look `<image>` up among them.
 """
 
 import copy
@@ -245,7 +247,8 @@ class LlavaAudioModel(LlavaAudioTokensMixin, LlavaAudioPreTrainedModel, LlavaMod
             logger.warning_once(
                 f"A run of <prefix> placeholders (id {self.config.prefix_token_id}) is not {size} long "
                 "(num_prefix_tokens): it is read as plain tokens. Build prompts with the LlavaAudioProcessor saved "
-                "with this model, whose num_prefix_tokens is the model's."
+                "with this model, whose num_prefix_tokens is the model's; when generating with prefill_chunk_size, "
+                "a chunk may have cut the run in two: generate with prefill_chunk_size=None."
             )
         rows = self.prefix_embeddings.to(inputs_embeds.device, inputs_embeds.dtype)[(position - 1).clamp(0, size - 1)]
         return torch.where((mask & (run_length == size)).unsqueeze(-1), rows, inputs_embeds)
@@ -268,18 +271,32 @@ class LlavaAudioModel(LlavaAudioTokensMixin, LlavaAudioPreTrainedModel, LlavaMod
         **kwargs: Unpack[TransformersKwargs],
     ) -> LlavaAudioModelOutputWithPast:
         """`LlavaModel.forward` given the prompt's embeddings with the audio features and the learned prefix already
-        written over their placeholders: LLaVA then places the image features (finding `<image>` in those
-        embeddings, as for any `inputs_embeds`) and runs the language model."""
+        written over their placeholders. With `input_ids`, the image features are written too, at the `<image>` ids
+        (LLaVA's `get_image_features` and `get_placeholder_mask`), as LLaVA places them given ids: its forward, given
+        embeddings, would look `<image>` up among them, which fails where the embedding layer's output changes from
+        call to call (NEFTune's noise in training). With `inputs_embeds`, LLaVA places them, as for any embeddings.
+        LLaVA's forward then runs the language model."""
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         encoded = {modality: output for modality, output in (mm_encoder_outputs or {}).items() if output is not None}
         audio_outputs = self._audio_outputs(input_features, input_features_mask, encoded.pop("audio", None), **kwargs)
+        if mm_encoder_outputs is not None and audio_outputs is not None:
+            mm_encoder_outputs["audio"] = audio_outputs  # for the caller, as LlavaModel.forward adds the image's
         # placeholders are looked up in the prompt, before any feature overwrites them
         prompt_embeds = self.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds
         inputs_embeds = prompt_embeds
         if audio_outputs is not None:
             inputs_embeds = self._place_audio(input_ids, prompt_embeds, audio_outputs.pooler_output)
         inputs_embeds = self._place_prefix(input_ids, prompt_embeds, inputs_embeds)
+        image_outputs = None
+        if input_ids is not None:
+            image_outputs = self._image_outputs(pixel_values, encoded.pop("image", None), vision_feature_layer,
+                                                vision_feature_select_strategy, **kwargs)
+            pixel_values = None
+        if image_outputs is not None:
+            image_features = torch.cat(image_outputs.pooler_output, dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds=inputs_embeds, image_features=image_features)
+            inputs_embeds = inputs_embeds.masked_scatter(mask, image_features)
 
         outputs = super().forward(
             pixel_values=pixel_values,
@@ -293,10 +310,29 @@ class LlavaAudioModel(LlavaAudioTokensMixin, LlavaAudioPreTrainedModel, LlavaMod
             return_dict=True,
             **kwargs,
         )
+        if image_outputs is not None:
+            outputs["image_outputs"] = image_outputs
         return LlavaAudioModelOutputWithPast(
             **outputs,
             audio_outputs=audio_outputs,
             audio_hidden_states=None if audio_outputs is None else audio_outputs.pooler_output,
+        )
+
+    def _image_outputs(self, pixel_values, encoded_image, vision_feature_layer, vision_feature_select_strategy,
+                       **kwargs):
+        """The image encoder's output that a forward places, as `LlavaModel.forward` gets it:
+        `get_image_features(pixel_values)`, or the one given already encoded (`mm_encoder_outputs["image"]`); None
+        without an image."""
+        if pixel_values is None:
+            return encoded_image
+        if encoded_image is not None:  # LLaVA's words
+            raise ValueError("You cannot specify both pixel_values and mm_encoder_outputs at the same time")
+        return self.get_image_features(
+            pixel_values=pixel_values,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            return_dict=True,
+            **kwargs,
         )
 
 
@@ -368,11 +404,9 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, LlavaForCond
         r"""Captioning forward pass: `LlavaForConditionalGeneration.forward`, whose model ([`LlavaAudioModel`])
         scatters the audio features and the learned prefix into the sequence at their placeholder tokens. The token
         sets that DALI aligns come from `get_audio_tokens` and `get_image_tokens`."""
+        # The model encodes the audio inside its own call (so that wrappers which hold its parameters between calls,
+        # FSDP units, have them at hand) and adds the encoder's output to this dict, which LLaVA's forward hands it.
         mm_encoder_outputs = dict(mm_encoder_outputs or {})
-        # encoded here rather than in the model, so that the output carries the audio encoder's output
-        mm_encoder_outputs["audio"] = self.model._audio_outputs(
-            input_features, input_features_mask, mm_encoder_outputs.get("audio"), **kwargs
-        )
         outputs = super().forward(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -385,10 +419,12 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, LlavaForCond
             labels=labels,
             logits_to_keep=logits_to_keep,
             mm_encoder_outputs=mm_encoder_outputs,
+            input_features=input_features,
+            input_features_mask=input_features_mask,
             return_dict=True,
             **kwargs,
         )
-        audio_outputs = mm_encoder_outputs["audio"]
+        audio_outputs = mm_encoder_outputs.get("audio")
         return LlavaAudioCausalLMOutputWithPast(
             **outputs,
             audio_outputs=audio_outputs,

@@ -11,6 +11,9 @@ class is a pytest class, so that fixtures (`tmp_path`, `monkeypatch`) and parame
 
 import copy
 import inspect
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -30,6 +33,7 @@ from transformers import (
     Qwen2Config,
     SiglipVisionConfig,
 )
+from transformers.integrations.neftune import activate_neftune
 from transformers.testing_utils import CaptureLogger
 
 from dali_hf import LlavaAudioConfig, LlavaAudioForConditionalGeneration, LlavaAudioModel
@@ -76,6 +80,31 @@ class LlavaAudioModelTester:
 
 def media(inputs):
     return {k: inputs[k] for k in ("pixel_values", "input_features") if k in inputs}
+
+
+FSDP2_MODEL_UNIT = """
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+
+from dali_hf.testing import random_clip, random_image, tiny_captioner
+
+dist.init_process_group("gloo", rank=0, world_size=1)
+model, processor, _ = tiny_captioner("cav_mae")
+inputs = processor(text=[processor.caption_prompt(image=True, audio=True, prefix=True)], images=[random_image(1)],
+                   audio=[random_clip(1)], sampling_rate=16000, return_tensors="pt")
+with torch.no_grad():
+    expected = model(**inputs).logits
+for layer in model.model.language_model.layers:
+    fully_shard(layer)
+fully_shard(model.model)
+fully_shard(model)
+with torch.no_grad():
+    logits = model(**inputs).logits
+dist.destroy_process_group()
+assert torch.equal(logits, expected), (logits - expected).abs().max()
+print("same logits")
+"""
 
 
 class Boost(LogitsProcessor):
@@ -223,6 +252,72 @@ class TestLlavaAudioModel:
             model.model(**full_inputs)
         assert calls == ["LlavaForConditionalGeneration", "LlavaModel", "LlavaModel"]
 
+    def test_the_captioner_runs_the_parts_of_its_model_inside_the_models_call(self, tester, full_inputs):
+        """As LLaVA's captioner does, the captioner reaches the parts of `model.model` only through `model.model(...)`:
+        wrappers that hold a module's parameters between its calls (an FSDP unit made of `model.model`, which FSDP2
+        and a size-based wrap policy make) then have them at hand. Each part's forward records whether it runs inside
+        that call; the encoder outputs still come back."""
+        model = tester.model
+        inside, outside = [False], []
+
+        def enter(module, args):
+            inside[0] = True
+
+        def leave(module, args, output):
+            inside[0] = False
+
+        hooks = [model.model.register_forward_pre_hook(enter), model.model.register_forward_hook(leave)]
+        for name, part in model.model.named_children():
+            hooks.append(part.register_forward_pre_hook(
+                lambda module, args, name=name: None if inside[0] else outside.append(name)))
+        try:
+            with torch.no_grad():
+                outputs = model(**full_inputs)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        assert outside == []
+        assert outputs.audio_outputs is not None and outputs.image_outputs is not None
+        assert torch.equal(outputs.audio_hidden_states, outputs.audio_outputs.pooler_output)
+
+    @pytest.mark.slow  # a fresh Python with a process group
+    def test_fsdp2_unit_made_of_the_model_runs_the_captioner(self, tmp_path):
+        """The case above with FSDP2 itself: `fully_shard` on the decoder layers, on `model.model` and on the captioner
+        (one gloo process), gives the unsharded captioner's logits."""
+        script = tmp_path / "fsdp2_model_unit.py"
+        script.write_text(FSDP2_MODEL_UNIT)
+        result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                                env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29571"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.strip().endswith("same logits")
+
+    def test_images_are_placed_by_their_ids_under_noisy_embeddings_as_in_llava(self, tester, full_inputs):
+        """NEFTune (`TrainingArguments(neftune_noise_alpha=...)`) adds fresh noise to every output of the embedding
+        layer in training. Given `input_ids`, LLaVA finds `<image>` in them; the captioner must too, not look the
+        placeholder's embedding up among the noisy prompt embeddings (no row matches, and the hook fails on the
+        one-token lookup). Same seed, same noise: image-only logits equal plain LLaVA's."""
+        model, processor, llava = tester.model, tester.processor, tester.llava
+        image_only = processor(text=[processor.caption_prompt(image=True)], images=[random_image(1)],
+                               return_tensors="pt")
+        with torch.no_grad():
+            clean = llava(**image_only).logits
+        hook = activate_neftune(model, neftune_noise_alpha=5.0)  # the embedding layer is LLaVA's too (shared)
+        model.train()
+        try:
+            with torch.no_grad():
+                torch.manual_seed(0)
+                expected = llava(**image_only).logits
+                torch.manual_seed(0)
+                ours = model(**image_only).logits
+                every_input = model(**full_inputs, labels=full_inputs.input_ids)
+        finally:
+            hook.remove()
+            del model.get_input_embeddings().neftune_noise_alpha
+            model.eval()
+        assert not torch.equal(expected, clean), "the noise should have been on"
+        assert torch.equal(ours, expected)
+        assert torch.isfinite(every_input.loss)
+
     # ---- 1. inputs_embeds --------------------------------------------------------------------------------------------
 
     def test_inputs_embeds_place_every_feature_like_input_ids(self, tester, full_inputs):
@@ -282,6 +377,23 @@ class TestLlavaAudioModel:
             with torch.no_grad(), CaptureLogger(modeling_llava_audio.logger) as log:
                 assert torch.equal(model(input_ids=ids).logits, llava(input_ids=ids).logits)
         assert "is not 16 long (num_prefix_tokens)" in log.out
+
+    def test_a_prefill_chunk_that_cuts_the_prefix_is_named(self, tester):
+        """`generate(prefill_chunk_size=...)` runs the prompt in pieces; a piece boundary inside the prefix leaves two
+        short runs, read as plain tokens (the captions change). The warning names that cause and its fix."""
+        model, processor = tester.model, tester.processor
+        inputs = processor(text=[processor.caption_prompt(image=True, prefix=True)], images=[random_image(1)],
+                           return_tensors="pt")
+        first_prefix = int((inputs.input_ids[0] == processor.prefix_token_id).nonzero()[0])
+        whole = model.generate(**inputs, **GREEDY)
+        modeling_llava_audio.logger.warning_once.cache_clear()
+        with CaptureLogger(modeling_llava_audio.logger) as log:
+            cut = model.generate(**inputs, **GREEDY, prefill_chunk_size=first_prefix + 5)
+        assert not torch.equal(cut, whole)
+        assert "prefill_chunk_size" in log.out and "is not 16 long" in log.out
+        with CaptureLogger(modeling_llava_audio.logger) as log:
+            assert torch.equal(model.generate(**inputs, **GREEDY, prefill_chunk_size=first_prefix), whole)
+        assert log.out == ""
 
 
     # ---- 3. feature getters return what LlavaModel.get_image_features returns --------------------------------------
