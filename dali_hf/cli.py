@@ -663,7 +663,7 @@ def _leave_process_group() -> None:
     "terminate called without an active exception") while the others still run, and the launcher then kills them."""
     torch = sys.modules.get("torch")  # a command that never imported torch started no group
     if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
-        # the command's Trainer (a reference cycle) holds the group through DDP's reducer: freed first, the group's
+        # the command's Trainer (a reference cycle) can hold the group through DDP's reducer: freed first, the group's
         # threads are joined here rather than left to the interpreter's exit
         gc.collect()
         torch.distributed.destroy_process_group()
