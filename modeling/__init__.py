@@ -9,7 +9,8 @@ dali_hf; the media decoders (torchaudio, torchcodec, soundfile, PIL) are importe
 Nothing here imports the rest of dali_hf.
 
 The model classes subclass transformers' LLaVA classes (`LlavaModel`, `LlavaForConditionalGeneration`) and run
-their forward; what they add writes the audio features and the learned prefix into the prompt's embeddings. They are
+their forward; what they add writes the audio features and the learned prefix (and, given ids, the image features,
+with LLaVA's `get_image_features` and `get_placeholder_mask`) into the prompt's embeddings. They are
 written as transformers writes its own: the CAV-MAE encoder attends through transformers' attention interface
 (`attn_implementation`: "eager", "sdpa", "flash_attention_2", "flex_attention", settable per sub-config of the
 captioner) and records hidden states and attentions with transformers' output-capturing hooks; the captioner calls
