@@ -197,6 +197,7 @@ def _run_training_stage(name: str, argv: list[str]) -> None:
                                         eval_dataset=evaluation)
     if trainer.is_world_process_zero():
         print(f"model written to {config.output_dir}")
+    trainer.accelerator.free_memory()  # the prepared model holds the process group: see _leave_process_group
 
 
 def _stream(args, config):
@@ -659,12 +660,13 @@ def main(argv: list[str] | None = None) -> None:
 
 def _leave_process_group() -> None:
     """Under `accelerate launch`, each process leaves the process group once its command is done (accelerate's
-    `end_training` does the same): a gloo group left to the interpreter's exit can abort the process (SIGABRT,
-    "terminate called without an active exception") while the others still run, and the launcher then kills them."""
+    `end_training` does the same), after freeing what holds it (a training command frees its prepared model with
+    `Accelerator.free_memory`; the Trainer itself is a reference cycle). A gloo group still alive when the interpreter
+    shuts down can abort the process (SIGABRT, "terminate called without an active exception": its worker threads
+    release tensors that need the GIL, pytorch/pytorch#190489) while the others still run, and the launcher then
+    kills them; freed here, the group's threads are joined while Python runs."""
     torch = sys.modules.get("torch")  # a command that never imported torch started no group
     if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
-        # the command's Trainer (a reference cycle) can hold the group through DDP's reducer: freed first, the group's
-        # threads are joined here rather than left to the interpreter's exit
         gc.collect()
         torch.distributed.destroy_process_group()
 

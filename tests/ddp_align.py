@@ -45,7 +45,12 @@ def main(output_dir: str, per_device_batch: int, objective: str, data: str, mode
     if trainer.is_world_process_zero():
         logged = {name: [log[name] for log in trainer.state.log_history if name in log] for name in ("loss", "ot")}
         Path(output_dir, "losses.json").write_text(json.dumps(logged))
-    trainer.accelerator.end_training()  # leaves the process group: one torn down at exit can abort (SIGABRT)
+    # Free what holds the process group (the prepared model), then leave it: a gloo group still alive when the
+    # interpreter shuts down can abort the process (SIGABRT), its worker threads releasing tensors without a GIL
+    accelerator = trainer.accelerator
+    del trainer
+    accelerator.free_memory()
+    accelerator.end_training()
 
 
 if __name__ == "__main__":
