@@ -8,17 +8,21 @@ loads a model has parsed its arguments, so that `--help` answers without importi
     "audio-captioning" task with transformers' pipeline registry: `AutoModel.from_pretrained(folder)` and
     `pipeline("audio-captioning", model=folder)` then need no trust_remote_code. A folder's own code is not used
     where the package is registered (transformers prefers registered classes to a folder's `auto_map`);
-  - marks each class for its Auto class (`register_for_auto_class`), so that transformers' `save_pretrained` writes
-    the class into the folder's `auto_map` and copies its module, with every module it imports relatively
-    (`custom_object_save`). transformers does the same for classes it loads through trust_remote_code, so a model
-    loaded without dali_hf saves a folder that loads the same way.
+  - marks the config, the processor and the CAV-MAE classes for their Auto class (`register_for_auto_class`), so
+    that transformers' `save_pretrained` writes the class into the folder's `auto_map` and copies its module, with
+    every module it imports relatively (`custom_object_save`). Not the captioner: transformers takes a model so
+    marked for code loaded from the Hub, and its `generate` then reads the forward's signature at every decoding
+    step (a check for hub code written for older versions), a cost plain LLaVA does not pay. The captioner's
+    `save_pretrained` writes its `auto_map` and copies its code itself (`prepare_remote_code`, `save_code`).
+    transformers marks the classes it loads through trust_remote_code, so a model loaded without dali_hf saves a
+    folder that loads the same way.
 
-A saved folder is then its own code, for Pythons without dali_hf. transformers writes one Auto class per class and
-writes `custom_pipelines` only when a pipeline object is saved, so the captioner's `save_pretrained` calls
-`prepare_remote_code` before it writes anything and `save_pipeline_code` after: config.json's `auto_map` names the
-captioner for every class of `CAPTIONER_AUTO_CLASSES`, `custom_pipelines` names the captioning pipeline (the entry
-`Pipeline.save_pretrained` writes), and the pipeline's module and its relative imports are copied beside the
-model's (`custom_object_save` again). As the config imports this module, and its functions import the other files
+A saved folder is then its own code, for Pythons without dali_hf. The captioner's `save_pretrained` calls
+`prepare_remote_code` before it writes anything and `save_code` after: config.json's `auto_map` names the captioner
+for every class of `CAPTIONER_AUTO_CLASSES` (transformers would write one Auto class per class),
+`custom_pipelines` names the captioning pipeline (the entry `Pipeline.save_pretrained` writes; transformers writes
+it only when a pipeline object is saved), and the model's module and the pipeline's, with their relative imports,
+are copied into the folder (`custom_object_save`, the function transformers' own saving calls). As the config imports this module, and its functions import the other files
 here relatively, a saved folder holds every module of modeling/ but `__init__.py` (transformers copies relative
 imports, those inside functions too).
 
@@ -29,7 +33,7 @@ config.json has the same keys.
 
 The callers are one line each: `dali_hf/__init__.py` and the command line (`register`), the config's
 `__post_init__` (`pipelines_to_keep`), the captioner's `save_pretrained` (`prepare_remote_code`,
-`save_pipeline_code`). This module imports only the standard library at module level (the config imports it); the
+`save_code`). This module imports only the standard library at module level (the config imports it); the
 classes are imported by the functions that need them.
 """
 
@@ -50,7 +54,7 @@ _PIPELINE_CLASS = "AudioCaptioningPipeline"
 
 def register() -> None:
     """Register the LlavaAudio and CAV-MAE classes with transformers' Auto classes and the "audio-captioning" task
-    with its pipeline registry, and mark the classes for remote-code saving. Idempotent."""
+    with its pipeline registry, and mark the classes but the captioner for remote-code saving. Idempotent."""
     import transformers
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoProcessor
     from transformers.pipelines import PIPELINE_REGISTRY
@@ -69,7 +73,6 @@ def register() -> None:
             getattr(transformers, name).register(LlavaAudioConfig, LlavaAudioForConditionalGeneration, exist_ok=True)
     AutoProcessor.register(LlavaAudioConfig, LlavaAudioProcessor, exist_ok=True)
     LlavaAudioConfig.register_for_auto_class()
-    LlavaAudioForConditionalGeneration.register_for_auto_class(CAPTIONER_AUTO_CLASSES[0])
     LlavaAudioProcessor.register_for_auto_class()
 
     # the CAV-MAE audio encoder, on its own and inside LlavaAudio checkpoints
@@ -108,11 +111,13 @@ def prepare_remote_code(model) -> None:
                                                        "pt": [_PIPELINE_AUTO_CLASS], "type": _PIPELINE_TYPE}}
 
 
-def save_pipeline_code(save_directory) -> None:
-    """Copy the captioning pipeline's module and the modules it imports relatively into `save_directory`, as
-    transformers' `Pipeline.save_pretrained` does for a registered pipeline."""
+def save_code(model, save_directory) -> None:
+    """Copy the captioner `model`'s module and the captioning pipeline's, with the modules they import relatively,
+    into `save_directory`, as transformers' `save_pretrained` does for a model marked for its Auto class and
+    `Pipeline.save_pretrained` for a registered pipeline."""
     from transformers.dynamic_module_utils import custom_object_save
 
+    custom_object_save(model, save_directory)
     custom_object_save(_pipeline_class(), save_directory)
 
 
@@ -125,7 +130,7 @@ def _pipeline_class():
 
 
 def _pipeline_files() -> list[str]:
-    """The files `save_pipeline_code` copies, or an error naming the one that is missing."""
+    """The pipeline's files that `save_code` copies, or an error naming the one that is missing."""
     from transformers.dynamic_module_utils import get_relative_import_files
 
     path = sys.modules[_pipeline_class().__module__].__file__

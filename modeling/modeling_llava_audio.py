@@ -41,7 +41,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import select_hidden_states
 
-from .auto_classes import prepare_remote_code, save_pipeline_code
+from .auto_classes import prepare_remote_code, save_code
 from .configuration_llava_audio import LlavaAudioConfig
 from .modeling_cav_mae import CavMaeAudioModel
 
@@ -363,7 +363,7 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, LlavaForCond
         prepare_remote_code(self)  # before anything is written: a save that cannot complete writes nothing
         saved = super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
         if kwargs.get("is_main_process", True):
-            save_pipeline_code(save_directory)
+            save_code(self, save_directory)
         return saved
 
     def get_image_tokens(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:

@@ -252,6 +252,28 @@ class TestLlavaAudioModel:
             model.model(**full_inputs)
         assert calls == ["LlavaForConditionalGeneration", "LlavaModel", "LlavaModel"]
 
+    def test_generate_reads_the_forwards_signature_as_often_as_for_llava(self, tester, monkeypatch):
+        """With dali_hf installed the captioner is a registered class, not code loaded from the Hub: `generate` does not
+        read its forward's signature at every decoding step, as it does for hub code (a check for code that expects
+        `cache_position`), so a step costs what LLaVA's does. Counted against plain LLaVA generating from the same
+        image-only prompt."""
+        model, processor, llava = tester.model, tester.processor, tester.llava
+        image_only = processor(text=[processor.caption_prompt(image=True)], images=[random_image(1)],
+                               return_tensors="pt")
+        signature, reads = inspect.signature, {}
+
+        def recorded_signature(obj, *args, **kwargs):
+            if getattr(obj, "__name__", None) == "forward":
+                owner = type(obj.__self__).__name__
+                reads[owner] = reads.get(owner, 0) + 1
+            return signature(obj, *args, **kwargs)
+
+        monkeypatch.setattr(inspect, "signature", recorded_signature)
+        model.generate(**image_only, **GREEDY)
+        llava.generate(**image_only, **GREEDY)
+        assert reads.get("LlavaAudioForConditionalGeneration", 0) == reads.get("LlavaForConditionalGeneration", 0)
+        assert not model.is_remote_code()
+
     def test_the_captioner_runs_the_parts_of_its_model_inside_the_models_call(self, tester, full_inputs):
         """As LLaVA's captioner does, the captioner reaches the parts of `model.model` only through `model.model(...)`:
         wrappers that hold a module's parameters between its calls (an FSDP unit made of `model.model`, which FSDP2
