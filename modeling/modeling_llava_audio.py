@@ -11,21 +11,18 @@ receives embeddings, and would otherwise look `<image>` up among them.
 """
 
 import copy
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import (
-    BaseModelOutputWithPooling,
-    MultimodalBaseModelOutputWithPast,
-    MultimodalCausalLMOutputWithPast,
-)
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava.modeling_llava import (
+    LlavaCausalLMOutputWithPast,
     LlavaForConditionalGeneration,
     LlavaModel,
+    LlavaModelOutputWithPast,
     LlavaMultiModalProjector,
     LlavaPreTrainedModel,
 )
@@ -51,23 +48,7 @@ __all__ = [
     "LlavaAudioPreTrainedModel",
     "LlavaAudioModel",
     "LlavaAudioForConditionalGeneration",
-    "LlavaAudioModelOutputWithPast",
-    "LlavaAudioCausalLMOutputWithPast",
 ]
-
-
-@dataclass
-class LlavaAudioModelOutputWithPast(MultimodalBaseModelOutputWithPast):
-    """Base model output; `audio_hidden_states` are the projected audio features scattered into the sequence."""
-
-    audio_hidden_states: torch.FloatTensor | None = None
-
-
-@dataclass
-class LlavaAudioCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
-    """Language-model output; `audio_hidden_states` are the projected audio features scattered into the sequence."""
-
-    audio_hidden_states: torch.FloatTensor | None = None
 
 
 class LlavaAudioPreTrainedModel(LlavaPreTrainedModel):
@@ -269,13 +250,18 @@ class LlavaAudioModel(LlavaAudioTokensMixin, LlavaAudioPreTrainedModel, LlavaMod
         vision_feature_select_strategy: str | None = None,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> LlavaAudioModelOutputWithPast:
+    ) -> LlavaModelOutputWithPast:
         """`LlavaModel.forward` given the prompt's embeddings with the audio features and the learned prefix already
         written over their placeholders. With `input_ids`, the image features are written too, at the `<image>` ids
         (LLaVA's `get_image_features` and `get_placeholder_mask`), as LLaVA places them given ids: its forward, given
         embeddings, would look `<image>` up among them, which fails where the embedding layer's output changes from
         call to call (NEFTune's noise in training). With `inputs_embeds`, LLaVA places them, as for any embeddings.
-        LLaVA's forward then runs the language model."""
+        LLaVA's forward then runs the language model.
+
+        Returns LLaVA's output object, with the audio encoder's output in `audio_outputs` (the field transformers'
+        multimodal outputs have for it; its `pooler_output` holds the features placed), set on the object LLaVA's
+        forward built: copying it into an output class of this model's own would cost every decoding step a second
+        construction that plain LLaVA does not pay."""
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         encoded = {modality: output for modality, output in (mm_encoder_outputs or {}).items() if output is not None}
@@ -312,11 +298,9 @@ class LlavaAudioModel(LlavaAudioTokensMixin, LlavaAudioPreTrainedModel, LlavaMod
         )
         if image_outputs is not None:
             outputs["image_outputs"] = image_outputs
-        return LlavaAudioModelOutputWithPast(
-            **outputs,
-            audio_outputs=audio_outputs,
-            audio_hidden_states=None if audio_outputs is None else audio_outputs.pooler_output,
-        )
+        if audio_outputs is not None:
+            outputs["audio_outputs"] = audio_outputs
+        return outputs
 
     def _image_outputs(self, pixel_values, encoded_image, vision_feature_layer, vision_feature_select_strategy,
                        **kwargs):
@@ -400,10 +384,11 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, LlavaForCond
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         **kwargs: Unpack[TransformersKwargs],
-    ) -> LlavaAudioCausalLMOutputWithPast:
+    ) -> LlavaCausalLMOutputWithPast:
         r"""Captioning forward pass: `LlavaForConditionalGeneration.forward`, whose model ([`LlavaAudioModel`])
-        scatters the audio features and the learned prefix into the sequence at their placeholder tokens. The token
-        sets that DALI aligns come from `get_audio_tokens` and `get_image_tokens`."""
+        scatters the audio features and the learned prefix into the sequence at their placeholder tokens. Returns
+        LLaVA's output object with `audio_outputs` set, as [`LlavaAudioModel.forward`] does. The token sets that DALI
+        aligns come from `get_audio_tokens` and `get_image_tokens`."""
         # The model encodes the audio inside its own call (so that wrappers which hold its parameters between calls,
         # FSDP units, have them at hand) and adds the encoder's output to this dict, which LLaVA's forward hands it.
         mm_encoder_outputs = dict(mm_encoder_outputs or {})
@@ -425,11 +410,9 @@ class LlavaAudioForConditionalGeneration(LlavaAudioPreTrainedModel, LlavaForCond
             **kwargs,
         )
         audio_outputs = mm_encoder_outputs.get("audio")
-        return LlavaAudioCausalLMOutputWithPast(
-            **outputs,
-            audio_outputs=audio_outputs,
-            audio_hidden_states=None if audio_outputs is None else audio_outputs.pooler_output,
-        )
+        if audio_outputs is not None:
+            outputs["audio_outputs"] = audio_outputs
+        return outputs
 
     @classmethod
     def from_llava(

@@ -34,6 +34,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 from transformers.integrations.neftune import activate_neftune
+from transformers.models.llava.modeling_llava import LlavaCausalLMOutputWithPast, LlavaModelOutputWithPast
 from transformers.testing_utils import CaptureLogger
 
 from dali_hf import LlavaAudioConfig, LlavaAudioForConditionalGeneration, LlavaAudioModel
@@ -252,6 +253,28 @@ class TestLlavaAudioModel:
             model.model(**full_inputs)
         assert calls == ["LlavaForConditionalGeneration", "LlavaModel", "LlavaModel"]
 
+    def test_outputs_are_llavas_with_the_audio_added(self, tester, full_inputs):
+        """Both forwards return the object LLaVA's forward built, with the audio encoder's output set in
+        `audio_outputs` (the field transformers' multimodal outputs have for it): image-only outputs have LLaVA's
+        class and keys, the tuple form ends with the audio, LLaVA's own attributes work."""
+        model, processor, llava = tester.model, tester.processor, tester.llava
+        image_only = processor(text=[processor.caption_prompt(image=True)], images=[random_image(1)],
+                               return_tensors="pt")
+        with torch.no_grad():
+            ours, theirs = model(**image_only), llava(**image_only)
+            full, base = model(**full_inputs), model.model(**full_inputs)
+            as_tuple = model(**full_inputs, return_dict=False)
+            audio = model.get_audio_features(full_inputs["input_features"])
+        assert type(ours) is type(theirs) is type(full) is LlavaCausalLMOutputWithPast
+        assert type(base) is LlavaModelOutputWithPast
+        assert list(ours.keys()) == list(theirs.keys()) and "audio_outputs" not in ours.keys()
+        for out in (full, base):
+            assert list(out.keys())[-2:] == ["image_outputs", "audio_outputs"]
+            assert torch.equal(out.audio_outputs.pooler_output, audio.pooler_output)
+        assert len(as_tuple) == len(full.keys()) and torch.equal(as_tuple[0], full.logits)
+        assert torch.equal(as_tuple[-1][1], audio.pooler_output)  # audio_outputs.to_tuple(): (tokens, features)
+        assert full.image_hidden_states is full.image_outputs.pooler_output  # LLaVA's deprecated name
+
     def test_generate_reads_the_forwards_signature_as_often_as_for_llava(self, tester, monkeypatch):
         """With dali_hf installed the captioner is a registered class, not code loaded from the Hub: `generate` does not
         read its forward's signature at every decoding step, as it does for hub code (a check for code that expects
@@ -300,7 +323,6 @@ class TestLlavaAudioModel:
                 hook.remove()
         assert outside == []
         assert outputs.audio_outputs is not None and outputs.image_outputs is not None
-        assert torch.equal(outputs.audio_hidden_states, outputs.audio_outputs.pooler_output)
 
     @pytest.mark.slow  # a fresh Python with a process group
     def test_fsdp2_unit_made_of_the_model_runs_the_captioner(self, tmp_path):
@@ -456,7 +478,6 @@ class TestLlavaAudioModel:
         assert all(map(torch.equal, full.hidden_states, encoder.hidden_states))
         # forward uses the getters' outputs
         assert torch.equal(logits.audio_outputs.pooler_output, by_hand)
-        assert torch.equal(logits.audio_hidden_states, by_hand)
         assert all(map(torch.equal, logits.image_outputs.pooler_output,
                        model.get_image_features(full_inputs.pixel_values).pooler_output))
 
@@ -573,7 +594,7 @@ class TestLlavaAudioModel:
             embeds = model.get_input_embeddings()(audio_ids)
             assert torch.equal(model(inputs_embeds=embeds, pixel_values=pixels, input_features=audio).logits,
                                out.logits)
-        assert out.audio_hidden_states.shape == (1, model.config.audio_seq_length, 32)
+        assert out.audio_outputs.pooler_output.shape == (1, model.config.audio_seq_length, 32)
 
 
     # ---- chat templates the audio-LLM way ----------------------------------------------------------------------------
