@@ -52,7 +52,7 @@ bench: install
 	$(PY) -m bench
 
 lint: install
-	$(VENV)/bin/ruff check dali_hf modeling trainers tests bench
+	$(VENV)/bin/ruff check dali_hf modeling trainers model_cards tests bench
 
 clean:
 	rm -rf $(VENV) outputs

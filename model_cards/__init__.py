@@ -3,6 +3,13 @@
 with every final save) and by `dali_hf.hub` (uploads). `eval_results_of` turns an evaluation record into the card's
 `model-index` results, as `dali_hf.evaluation` writes them too. Imports huggingface_hub only."""
 
-from .card import TEMPLATE, eval_result_files, eval_results_of, record_stage, render_model_card, write_model_card
+from .card import (
+    TEMPLATE,
+    eval_result_files,
+    eval_results_of,
+    record_stage,
+    render_model_card,
+    write_model_card,
+)
 
 __all__ = ["TEMPLATE", "eval_result_files", "eval_results_of", "record_stage", "render_model_card", "write_model_card"]
