@@ -22,9 +22,9 @@ A saved folder is then its own code, for Pythons without dali_hf. The captioner'
 for every class of `CAPTIONER_AUTO_CLASSES` (transformers would write one Auto class per class),
 `custom_pipelines` names the captioning pipeline (the entry `Pipeline.save_pretrained` writes; transformers writes
 it only when a pipeline object is saved), and the model's module and the pipeline's, with their relative imports,
-are copied into the folder (`custom_object_save`, the function transformers' own saving calls). As the config imports this module, and its functions import the other files
-here relatively, a saved folder holds every module of modeling/ but `__init__.py` (transformers copies relative
-imports, those inside functions too).
+are copied into the folder (`custom_object_save`, the function transformers' own saving calls). As the config
+imports this module, and its functions import the other files here relatively, a saved folder holds every module
+of modeling/ but `__init__.py` (transformers copies relative imports, those inside functions too).
 
 Loading a folder in a Python where the task is registered with this very pipeline (dali_hf's registration), the
 config leaves the folder's `custom_pipelines` entry for that task out (`pipelines_to_keep`): `pipeline()` would
