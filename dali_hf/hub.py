@@ -45,6 +45,18 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
+def _imported_modules(folder: Path) -> list[str]:
+    """The files that the folder's code imports relatively, at any depth (what `trust_remote_code` loads with it:
+    folders saved by newer code import modules that older ones do not have)."""
+    from transformers.dynamic_module_utils import get_relative_imports
+
+    modules = [name for name in REQUIRED if name.endswith(".py")]
+    for name in modules:
+        if (folder / name).is_file():
+            modules += [f"{module}.py" for module in get_relative_imports(folder / name) if f"{module}.py" not in modules]
+    return modules
+
+
 def upload_files(folder) -> list[str]:
     """The files of `folder` to upload, relative paths, sorted; an error if the folder is not a complete model."""
     folder = Path(folder)
@@ -52,6 +64,7 @@ def upload_files(folder) -> list[str]:
         raise UploadError(f"{folder}: " + ("a file, not a model folder" if folder.exists() else "no such folder")
                           + ": pass the folder a LlavaAudio captioner was saved to")
     missing = [name for name in REQUIRED if not (folder / name).is_file()]
+    missing += [name for name in _imported_modules(folder) if not (folder / name).is_file() and name not in missing]
     if not any(folder.glob("*.safetensors")):
         missing.append("model.safetensors (the weights)")
     if missing:

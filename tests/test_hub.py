@@ -160,6 +160,20 @@ def test_incomplete_folder_is_refused(tmp_path):
         upload_files(tmp_path)
 
 
+def test_a_module_the_folders_code_imports_is_required(folder, tmp_path):
+    """Each module that the folder's code imports (at any depth) is needed for trust_remote_code: a folder without
+    one is refused, naming it; the REQUIRED entry modules alone would not notice."""
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    upload_files(copy)
+    (copy / "vocabulary.py").unlink()  # imported by configuration_llava_audio.py and processing_llava_audio.py
+    (copy / "media.py").unlink()  # imported by processing_llava_audio.py
+    with pytest.raises(UploadError, match="not a complete LlavaAudio folder: missing ") as error:
+        upload_files(copy)
+    listed = str(error.value).split("missing ")[1].split(". Save it with")[0]
+    assert sorted(listed.split(", ")) == ["media.py", "vocabulary.py"]
+
+
 def test_upload_errors_are_clear_and_leave_the_folder_untouched(folder, monkeypatch):
     import httpx2
     from huggingface_hub import HfApi, constants
