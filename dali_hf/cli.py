@@ -188,6 +188,7 @@ def _run_training_stage(name: str, argv: list[str]) -> None:
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
     check_model(args.model)
+    _check_stage_data(args)
     _register()
     train = _stream(args, config) if getattr(args, "stream", False) else datasets.load_from_disk(args.data)
     if name == "distill":
@@ -200,14 +201,40 @@ def _run_training_stage(name: str, argv: list[str]) -> None:
     trainer.accelerator.free_memory()  # the prepared model holds the process group: see _leave_process_group
 
 
+def _check_stage_data(args) -> None:
+    """The data folders a training stage reads, checked before any model loads (with --stream, --data may also be a
+    Hub id or data files: `datasets` reads those)."""
+    if not getattr(args, "stream", False):
+        _check_saved_dataset("--data", args.data)
+    if getattr(args, "eval_data", None) is not None:
+        _check_saved_dataset("--eval-data", args.eval_data)
+    if getattr(args, "captions", None) is not None:
+        _check_saved_dataset("--captions", args.captions, inside="dataset")
+
+
+def _check_saved_dataset(flag: str, path: str, inside: str | None = None) -> None:
+    """`path`, given as `flag`, is a folder written by `Dataset.save_to_disk` (or holds one in its subfolder
+    `inside`, as `dali-hf pseudo-caption` writes), or a one-line error naming it and what to pass."""
+    if _is_saved_dataset(os.path.join(path, inside) if inside else path):
+        return
+    found = ("no such folder" if not os.path.exists(path) else "a file, not a folder" if os.path.isfile(path)
+             else f"no saved dataset in its {inside}/" if inside else "no saved dataset in it (no dataset_info.json)")
+    fix = ("the --output-dir of `dali-hf pseudo-caption`" if inside
+           else "a folder written by datasets' Dataset.save_to_disk")
+    raise SystemExit(f"error: {flag} {path}: {found}: pass {fix}")
+
+
+def _is_saved_dataset(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, name)) for name in ("dataset_info.json", "dataset_dict.json"))
+
+
 def _stream(args, config):
     """--data as a shuffled `datasets.IterableDataset` (the alignment trainer turns it into an AlignmentStream)."""
     import datasets
 
     from .trainers import AlignmentStream
 
-    if os.path.isfile(os.path.join(args.data, "dataset_info.json")) or os.path.isfile(
-            os.path.join(args.data, "dataset_dict.json")):
+    if _is_saved_dataset(args.data):
         rows = datasets.load_from_disk(args.data)
         source = rows.to_iterable_dataset(num_shards=max(1, min(64, len(rows) // 1000)))
         num_rows = args.num_rows or len(rows)
@@ -637,13 +664,12 @@ def main(argv: list[str] | None = None) -> None:
         else:
             if args.command == "caption" and args.mode == "audiovisual":
                 _check_audiovisual_inputs(args.inputs)
-            if args.command == "pseudo-caption" and not os.path.isdir(args.data):
-                raise SystemExit(f"error: --data {args.data}: " + ("a file" if os.path.isfile(args.data) else
-                                 "no such folder") + ": pass a folder written by datasets' Dataset.save_to_disk")
             if args.command == "evaluate":
                 _check_evaluate_data(args.data, args.format, args.audio_dir)
             if getattr(args, "model", None) is not None:  # caption, pseudo-caption, evaluate: they load it
                 check_model(args.model)
+                if args.command == "pseudo-caption":
+                    _check_saved_dataset("--data", args.data)
                 _register()
             args.func(args)
         _leave_process_group()

@@ -196,6 +196,32 @@ def test_command_errors_after_the_model_check_are_one_line(tmp_path):
         cli.main(["caption", str(tmp_path / "clip.wav"), "--mode", "audiovisual", "--model", str(model)])
 
 
+def test_training_stages_name_a_data_folder_that_is_no_saved_dataset(tmp_path):
+    """--data, --eval-data and --captions of the training stages: a missing folder, a file, a folder without a saved
+    dataset are one-line errors naming the option and what to pass, after the model check and before anything
+    loads; nothing is written."""
+    model = captioner_like(tmp_path / "model")
+    rows = tmp_path / "rows"
+    pairs_dataset(2).save_to_disk(rows)
+    (tmp_path / "notes.txt").write_text("x")
+    saved = "pass a folder written by datasets' Dataset.save_to_disk"
+    cases = [
+        (["prefix-tune", "--data", tmp_path / "nothere"], f"--data {tmp_path / 'nothere'}: no such folder: {saved}"),
+        (["align", "--data", tmp_path / "notes.txt"], f"--data {tmp_path / 'notes.txt'}: a file, not a folder: {saved}"),
+        (["align", "--data", rows, "--eval-data", tmp_path],
+         f"--eval-data {tmp_path}: no saved dataset in it (no dataset_info.json): {saved}"),
+        (["distill", "--data", rows, "--captions", tmp_path],
+         f"--captions {tmp_path}: no saved dataset in its dataset/: pass the --output-dir of `dali-hf pseudo-caption`"),
+    ]
+    for args, message in cases:
+        with pytest.raises(SystemExit, match=f"^error: {re.escape(message)}$"):
+            cli.main([*map(str, args), "--model", str(model), "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+    pairs_dataset(2).save_to_disk(tmp_path / "captions" / "dataset")  # what pseudo-caption writes: accepted
+    assert cli._check_saved_dataset("--captions", str(tmp_path / "captions"), inside="dataset") is None
+    assert cli._check_saved_dataset("--data", str(rows)) is None
+
+
 def test_push_of_a_missing_folder_says_so(tmp_path):
     with pytest.raises(UploadError, match=r"nothere: no such folder: pass the folder a LlavaAudio captioner was "):
         upload_files(tmp_path / "nothere")
