@@ -92,7 +92,7 @@ def check_recipe(config) -> None:
     if renamed:
         raise ValueError("the recipe's sections are named as the stages: rename "
                          + ", ".join(f"{old!r} to {new!r}" for old, new in renamed.items()))
-    known = {"model", "output_dir", "prefix-tune", "align", "pseudo-caption", "distill"}
+    known = {"model", "output_dir", *(step.stage for step in RECIPE)}
     unknown = sorted(set(config) - known)
     if unknown:
         raise ValueError(f"unknown recipe section(s) {unknown}: the sections are {sorted(known)}")

@@ -11,7 +11,7 @@ import typing
 
 import pytest
 
-from dali_hf import cli
+from dali_hf import cli, recipe
 from dali_hf.metrics import ALL_METRICS
 from dali_hf.modeling import pipeline_audio_captioning, processing_llava_audio
 from dali_hf.modeling.vocabulary import (
@@ -108,6 +108,9 @@ def test_the_stages_table_is_the_vocabulary():
     table = re.findall(r"^    (\d[ab]) ([\w-]+) +(.+)$", stages.__doc__, flags=re.MULTILINE)
     assert table == [(stage.step, stage.name, stage.summary) for stage in STAGES]
     assert stages.STAGES is STAGES
+    # the recipe runs every stage in order, and its config has one section per stage
+    assert [step.stage for step in recipe.RECIPE] == [stage.name for stage in STAGES]
+    assert set(recipe.SECTION_KEYS) == {stage.name for stage in STAGES}
 
 
 @pytest.mark.slow  # a fresh interpreter
