@@ -170,7 +170,7 @@ def _run_training_stage(name: str, argv: list[str]) -> None:
     trainer_name, config_name, help_text = TRAINING_STAGES[name]
     options = _stage_options(name)
     parser = HfArgumentParser(getattr(trainers, config_name), prog=f"dali-hf {name}", parents=[options],
-                              description=f"{help_text}. {__doc__.split(chr(10) * 2)[1]}")
+                              description=f"{help_text}. {__doc__.split(chr(10) * 2)[1]}", formatter_class=HELP_FORMAT)
     if {"-h", "--help"} & set(argv):
         parser.parse_args(["--help"])
     args, extra = options.parse_known_args(argv)

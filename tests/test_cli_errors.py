@@ -230,7 +230,13 @@ def test_push_of_a_missing_folder_says_so(tmp_path):
         upload_files(tmp_path / "file")
 
 
-def test_help_says_each_default_once():
+def test_help_says_each_default_once(capsys):
+    for stage in cli.TRAINING_STAGES:  # their parsers join the stage's TrainingArguments fields
+        with pytest.raises(SystemExit):
+            cli.main([stage, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default: None)" not in text and not re.search(r"\(default[^)]*\) \(default:", text), stage
+        assert re.search(r"--seed SEED .*\(default: 42\)", text), stage
     parser = cli.build_parser()
     actions = parser._subparsers._group_actions[0].choices
     for name in ("caption", "evaluate", "pseudo-caption", "push", "train"):
