@@ -67,7 +67,7 @@ def run_training_stage(trainer_class, args, model_path: str, train_dataset, eval
     processor = AutoProcessor.from_pretrained(model_path)
     trainer = trainer_class(model=model, args=args, processing_class=processor, train_dataset=train_dataset,
                             eval_dataset=eval_dataset)
-    if last:
+    if last and trainer.is_world_process_zero():  # one line per run, not per process
         log(f"resuming from {last}")
     trainer.train(resume_from_checkpoint=last)
     trainer.save_model()
