@@ -143,6 +143,17 @@ def test_every_import_of_the_wheel_is_declared_or_its_extra_is_named(wheel):
 
 
 @pytest.mark.slow  # builds the wheel
+def test_the_wheel_declares_its_license_as_an_spdx_expression(wheel):
+    """PEP 639's `License-Expression` (setuptools deprecates the `license = {text = ...}` table, and stops building
+    projects that keep it from 2027)."""
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = next(name for name in archive.namelist() if name.endswith(".dist-info/METADATA"))
+        lines = archive.read(metadata).decode().splitlines()
+    assert "License-Expression: Apache-2.0" in lines
+    assert not any(line.startswith("License:") for line in lines)
+
+
+@pytest.mark.slow  # builds the wheel
 def test_the_wheel_holds_each_mapped_file_once_under_its_installed_name(wheel):
     """The links in dali_hf/ are for tools in a checkout: the wheel takes the mapped folders' files from the
     folders themselves, once each."""
