@@ -34,7 +34,8 @@ __all__ = ["AUDIO_EXTENSIONS", "CHANNEL_POLICIES", "IMAGE_EXTENSIONS", "MAX_CHAN
 # Each one is decoded in the tests from a file that ffmpeg made (tests/test_batch_jobs.py)
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".aiff", ".aif", ".wma", ".ac3",
                     ".mp2", ".mka", ".caf", ".au", ".wv", ".w64")
-# (MPEG program and transport streams, .mpg / .ts, are not listed: their audio starts after 0 s, where reads begin)
+# (MPEG program and transport streams, .mpg / .ts, are not listed: their audio decodes, but torchcodec seeks their
+# video frames up to half a second off, or finds none)
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv", ".wmv", ".3gp", ".ogv")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 MEDIA_EXTENSIONS = AUDIO_EXTENSIONS + VIDEO_EXTENSIONS  # what carries sound
@@ -139,8 +140,9 @@ class AudioSource:
             elif self._file is not None:
                 self._file.seek(min(first, self._file.frames))
                 samples = self._file.read(last - first, dtype="float32", always_2d=True).T
-            else:
-                samples = self._decoder.get_samples_played_in_range(start, end).data.numpy()
+            else:  # the stream's clock may start after 0 s (MPEG transport and program streams)
+                begin = self._decoder.metadata.begin_stream_seconds or 0.0
+                samples = self._decoder.get_samples_played_in_range(begin + start, begin + end).data.numpy()
         except Exception as error:
             raise self._truncated(start, end) from error
         if samples.size == 0:
@@ -313,14 +315,14 @@ def frame_at(path, frame="middle"):
     metadata = decoder.metadata
     duration = metadata.duration_seconds or 0.0
     seconds = frame_seconds(frame, duration)
+    # times count from the stream's start, which may be after 0 s on its clock (MPEG transport and program streams)
     begin = metadata.begin_stream_seconds or 0.0
-    end = metadata.end_stream_seconds or duration
-    last = max(begin, end - 1e-3)
+    end = (metadata.end_stream_seconds or begin + duration) - begin
+    last = max(0.0, end - 1e-3)
     if seconds > last + 1e-3:
         logger.warning(f"frame at {seconds:g} s is past the end of {os.fspath(path)} ({end:.2f} s): its last frame is "
                        "used")
-    seconds = min(max(seconds, begin), last)
-    data = decoder.get_frame_played_at(seconds).data  # [3, H, W] uint8
+    data = decoder.get_frame_played_at(begin + min(seconds, last)).data  # [3, H, W] uint8
     return Image.fromarray(data.permute(1, 2, 0).numpy())
 
 

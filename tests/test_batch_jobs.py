@@ -19,7 +19,7 @@ import soundfile
 from transformers import pipeline
 
 from dali_hf.captioning import caption_files, scan_media
-from dali_hf.modeling.media import AUDIO_EXTENSIONS, MEDIA_EXTENSIONS, VIDEO_EXTENSIONS, AudioSource
+from dali_hf.modeling.media import AUDIO_EXTENSIONS, MEDIA_EXTENSIONS, VIDEO_EXTENSIONS, AudioSource, frame_at
 from dali_hf.testing import pairs_dataset, saved_captioner
 from dali_hf.trainers.jobs import (
     OutputError,
@@ -183,6 +183,31 @@ def test_the_folder_scan_takes_every_format_ffmpeg_decodes(tmp_path):
         assert abs(source.duration - 0.5) < 0.1, (path, source.duration)
         assert source.read(0.0, 0.4).shape[1] > 0.3 * source.sampling_rate, path
     assert {".oga", ".opus", ".aac", ".aiff", ".webm"} <= set(MEDIA_EXTENSIONS)
+
+
+@needs_ffmpeg
+def test_times_count_from_the_start_of_a_stream_whose_clock_starts_later(tmp_path):
+    """A container whose streams start at 5 s on their clock (ffmpeg's -output_ts_offset, as in video cut from a
+    broadcast) reads as the same file starting at 0: the same samples from 0 s, the same frames at the same times
+    (the video turns from red to blue at 1.5 s). The audio of an MPEG transport stream, whose clock never starts at
+    0, reads from 0 s too."""
+    source = ["-f", "lavfi", "-i", "sine=frequency=440:duration=3", "-f", "lavfi", "-i",
+              "color=c=red:s=64x48:r=25:d=1.5[a];color=c=blue:s=64x48:r=25:d=1.5[b];[a][b]concat=n=2:v=1:a=0",
+              "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac"]
+    plain, offset = tmp_path / "plain.mkv", tmp_path / "offset.mkv"
+    ffmpeg(*source, plain)
+    ffmpeg(*source, "-output_ts_offset", 5, offset)
+    expected = AudioSource(plain).read(0.0, 1.0)
+    assert expected.shape[1] > 0.9 * AudioSource(plain).sampling_rate
+    np.testing.assert_array_equal(AudioSource(offset).read(0.0, 1.0), expected)
+    for frame, colour in (("first", "red"), (0.5, "red"), ("middle", "blue"), (2.5, "blue")):
+        for path in (plain, offset):
+            red, _, blue = frame_at(path, frame).getpixel((32, 24))
+            assert (red > 200 and blue < 50) if colour == "red" else (blue > 200 and red < 50), (path, frame)
+    stream = tmp_path / "broadcast.ts"
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=1", "-c:a", "mp2", stream)
+    audio = AudioSource(stream)
+    assert audio.read(0.0, 0.5).shape[1] == pytest.approx(0.5 * audio.sampling_rate, abs=2)
 
 
 @needs_ffmpeg
