@@ -127,6 +127,9 @@ class AudioSource:
             return self._file.frames / self.sampling_rate
         metadata = self._decoder.metadata
         if metadata.duration_seconds:
+            if metadata.duration_seconds_from_header is None:
+                # the container's duration (mkv, webm), which counts from 0 s on the stream's clock, not from its start
+                return float(metadata.duration_seconds) - (metadata.begin_stream_seconds or 0.0)
             return float(metadata.duration_seconds)
         return self._decoder.get_all_samples().data.shape[1] / self.sampling_rate
 

@@ -188,7 +188,7 @@ def test_the_folder_scan_takes_every_format_ffmpeg_decodes(tmp_path):
 @needs_ffmpeg
 def test_times_count_from_the_start_of_a_stream_whose_clock_starts_later(tmp_path):
     """A container whose streams start at 5 s on their clock (ffmpeg's -output_ts_offset, as in video cut from a
-    broadcast) reads as the same file starting at 0: the same samples from 0 s, the same frames at the same times
+    broadcast) reads as the same file starting at 0: the same duration and samples, the same frames at the same times
     (the video turns from red to blue at 1.5 s). The audio of an MPEG transport stream, whose clock never starts at
     0, reads from 0 s too."""
     source = ["-f", "lavfi", "-i", "sine=frequency=440:duration=3", "-f", "lavfi", "-i",
@@ -200,6 +200,8 @@ def test_times_count_from_the_start_of_a_stream_whose_clock_starts_later(tmp_pat
     expected = AudioSource(plain).read(0.0, 1.0)
     assert expected.shape[1] > 0.9 * AudioSource(plain).sampling_rate
     np.testing.assert_array_equal(AudioSource(offset).read(0.0, 1.0), expected)
+    assert AudioSource(offset).duration == pytest.approx(AudioSource(plain).duration, abs=0.05)
+    np.testing.assert_array_equal(AudioSource(offset).read(2.0, 2.9), AudioSource(plain).read(2.0, 2.9))
     for frame, colour in (("first", "red"), (0.5, "red"), ("middle", "blue"), (2.5, "blue")):
         for path in (plain, offset):
             red, _, blue = frame_at(path, frame).getpixel((32, 24))
