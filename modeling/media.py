@@ -125,12 +125,9 @@ class AudioSource:
             return self._array.shape[1] / self.sampling_rate
         if self._file is not None:
             return self._file.frames / self.sampling_rate
-        metadata = self._decoder.metadata
-        if metadata.duration_seconds:
-            if metadata.duration_seconds_from_header is None:
-                # the container's duration (mkv, webm), which counts from 0 s on the stream's clock, not from its start
-                return float(metadata.duration_seconds) - (metadata.begin_stream_seconds or 0.0)
-            return float(metadata.duration_seconds)
+        duration = _audio_stream_duration(self._decoder.metadata)
+        if duration is not None:
+            return duration
         return self._decoder.get_all_samples().data.shape[1] / self.sampling_rate
 
     def read(self, start: float = 0.0, end: float | None = None) -> np.ndarray:
@@ -370,6 +367,17 @@ def media_duration(source) -> float | None:
     try:
         from torchcodec.decoders import AudioDecoder
 
-        return AudioDecoder(os.fspath(source)).metadata.duration_seconds
+        return _audio_stream_duration(AudioDecoder(os.fspath(source)).metadata)
     except Exception:
         return None
+
+
+def _audio_stream_duration(metadata) -> float | None:
+    """The duration in seconds of the audio stream torchcodec's `metadata` describes, None when unknown. Without a
+    duration in the stream's header, torchcodec gives the container's (mkv, webm), which counts from 0 s on the
+    stream's clock, not from the stream's start."""
+    if not metadata.duration_seconds:
+        return None
+    if metadata.duration_seconds_from_header is None:
+        return float(metadata.duration_seconds) - (metadata.begin_stream_seconds or 0.0)
+    return float(metadata.duration_seconds)

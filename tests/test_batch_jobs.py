@@ -19,7 +19,14 @@ import soundfile
 from transformers import pipeline
 
 from dali_hf.captioning import caption_files, scan_media
-from dali_hf.modeling.media import AUDIO_EXTENSIONS, MEDIA_EXTENSIONS, VIDEO_EXTENSIONS, AudioSource, frame_at
+from dali_hf.modeling.media import (
+    AUDIO_EXTENSIONS,
+    MEDIA_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    AudioSource,
+    frame_at,
+    media_duration,
+)
 from dali_hf.testing import pairs_dataset, saved_captioner
 from dali_hf.trainers.jobs import (
     OutputError,
@@ -201,6 +208,7 @@ def test_times_count_from_the_start_of_a_stream_whose_clock_starts_later(tmp_pat
     assert expected.shape[1] > 0.9 * AudioSource(plain).sampling_rate
     np.testing.assert_array_equal(AudioSource(offset).read(0.0, 1.0), expected)
     assert AudioSource(offset).duration == pytest.approx(AudioSource(plain).duration, abs=0.05)
+    assert media_duration(offset) == pytest.approx(media_duration(plain), abs=0.05)  # how work is split
     np.testing.assert_array_equal(AudioSource(offset).read(2.0, 2.9), AudioSource(plain).read(2.0, 2.9))
     for frame, colour in (("first", "red"), (0.5, "red"), ("middle", "blue"), (2.5, "blue")):
         for path in (plain, offset):
